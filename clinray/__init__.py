@@ -1,0 +1,1 @@
+"""clinray: clinical LLM adaptation on Ray."""

@@ -1,0 +1,1 @@
+"""One module per ``clinray`` subcommand (see :mod:`clinray.cli` for the contract)."""

@@ -1,0 +1,21 @@
+"""``clinray demo``: every stage on the tiny world, with a report under ``runs/demo/``."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run the whole pipeline on the bundled tiny world and write runs/demo/<timestamp>/report.md"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="root folder of demo runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", action="append", default=None, metavar="STAGE",
+                        help="run only these stage modules (repeatable; later stages need earlier ones)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from clinray.demo import run_demo
+
+    run_demo(out_root=args.out, seed=args.seed, only=args.only)
+    return 0

@@ -1,0 +1,1 @@
+"""Curation and packing of pretraining data on Ray Data."""

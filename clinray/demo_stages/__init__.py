@@ -1,0 +1,1 @@
+"""Demo stages, one module each (see :mod:`clinray.demo` for the contract)."""
