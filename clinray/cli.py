@@ -25,9 +25,9 @@ def _module_help(path: Path) -> str:
     except (OSError, SyntaxError):
         return ""
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "HELP" for t in node.targets):
-            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-                return node.value.value
+        is_help = isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "HELP" for t in node.targets)
+        if is_help and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return node.value.value
     return ""
 
 

@@ -87,7 +87,11 @@ def _render_report(ctx: DemoContext, rows: list[dict], total_s: float) -> str:
             lines.append("")
         lines += row["notes"]
         for image in row["images"]:
-            rel = Path(image).resolve().relative_to(ctx.run_dir.resolve()) if Path(image).is_absolute() else image
+            rel = (
+                Path(image).resolve().relative_to(ctx.run_dir.resolve())
+                if Path(image).is_absolute()
+                else image
+            )
             lines.append(f"![{Path(image).stem}]({rel})")
         if row.get("error"):
             lines += ["```", row["error"], "```"]
@@ -112,8 +116,14 @@ def run_demo(*, out_root: str | Path = "runs/demo", seed: int = 0, only: list[st
                 continue
             print(f"[demo] {module.TITLE} (budget {module.BUDGET_S} s) ...", flush=True)
             start = time.perf_counter()
-            row = {"title": module.TITLE, "budget_s": module.BUDGET_S, "outputs": {}, "metrics": {},
-                   "notes": [], "images": []}
+            row = {
+                "title": module.TITLE,
+                "budget_s": module.BUDGET_S,
+                "outputs": {},
+                "metrics": {},
+                "notes": [],
+                "images": [],
+            }
             try:
                 result: StageResult = module.run(ctx)
                 ctx.artifacts.update(result.outputs)

@@ -10,8 +10,13 @@ HELP = "run the whole pipeline on the bundled tiny world and write runs/demo/<ti
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="root folder of demo runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", action="append", default=None, metavar="STAGE",
-                        help="run only these stage modules (repeatable; later stages need earlier ones)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="STAGE",
+        help="run only these stage modules (repeatable; later stages need earlier ones)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

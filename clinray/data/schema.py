@@ -18,7 +18,9 @@ DOCUMENT_SCHEMA = pa.schema(
         pa.field("text", pa.string(), nullable=False),  # normalized plain text
         pa.field("source", pa.string(), nullable=False),  # corpus name, e.g. "pubmed", "pmc", "slimpajama"
         pa.field("domain", pa.string(), nullable=False),  # one of DOMAINS
-        pa.field("format", pa.string(), nullable=False),  # html | jats | medline | pdf | text | jsonl | parquet
+        pa.field(
+            "format", pa.string(), nullable=False
+        ),  # html | jats | medline | pdf | text | jsonl | parquet
         pa.field("metadata", pa.string()),  # JSON object: title, sections, labels, ...
         pa.field("input_file", pa.string(), nullable=False),  # provenance: the file the record came from
         pa.field("locator", pa.string()),  # provenance: record within the file (line, PMID, ...)

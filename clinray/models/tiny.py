@@ -49,9 +49,13 @@ class TinyModelConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads {self.num_heads} must be divisible by num_kv_heads {self.num_kv_heads}")
+            raise ValueError(
+                f"num_heads {self.num_heads} must be divisible by num_kv_heads {self.num_kv_heads}"
+            )
         if self.vocab_size < 300:
             raise ValueError("vocab_size must be at least 300 (256 bytes plus special tokens and merges)")
         if self.num_experts_per_tok > self.num_experts:
@@ -114,7 +118,9 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, model_max_l
     return fast
 
 
-def build_model(cfg: TinyModelConfig, *, vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int):
+def build_model(
+    cfg: TinyModelConfig, *, vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int
+):
     """A randomly initialized tiny ``MistralForCausalLM`` or ``MixtralForCausalLM``."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM
@@ -149,7 +155,9 @@ def build_tiny_model(corpus: str | Path, out: str | Path, cfg: TinyModelConfig |
     texts = list(iter_corpus_texts(corpus))
     if not texts:
         raise ValueError(f"no text files found under {str(corpus)!r} to train the tokenizer on")
-    tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, model_max_length=cfg.max_position_embeddings)
+    tokenizer = train_tokenizer(
+        texts, vocab_size=cfg.vocab_size, model_max_length=cfg.max_position_embeddings
+    )
     model = build_model(
         cfg,
         vocab_size=len(tokenizer),
