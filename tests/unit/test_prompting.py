@@ -1,0 +1,164 @@
+"""Medprompt prompting, pure Python: answer parsing, permutations, voting, example selection, prompts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clinray.models.chat_template import COT_ANSWER_PREFIX, COT_PREFIX, MCQ_SYSTEM_PROMPT
+from clinray.prompting import Example, MedpromptConfig
+from clinray.prompting.cot import static_examples
+from clinray.prompting.ensemble import apply_permutation, distinct_permutations, map_back, plurality_vote
+from clinray.prompting.knn_fewshot import knn_examples
+from clinray.prompting.parsing import parse_answer, reasoning_of
+from clinray.prompting.templates import build_prompt, scoring_context
+
+OPTIONS = ["Zelpamide", "Corvastin", "Mebrolol", "Tarnexol"]
+
+
+@pytest.mark.parametrize(
+    ("completion", "index", "form"),
+    [
+        ("It blocks X. Therefore, the correct answer is: C. Mebrolol", 2, "marker_letter"),
+        ("It blocks X. Therefore, the correct answer is: Mebrolol</s><|prompter|>: next", 2, "marker_text"),
+        ("Reasoning about Zelpamide and Corvastin.\nAnswer: D", 3, "marker_letter"),
+        ("The answer is (B).", 1, "marker_letter"),
+        ("Final answer: option A", 0, "marker_letter"),
+        ("B", 1, "letter_only"),
+        ("(C)", 2, "letter_only"),
+        ("I would give tarnexol here.", 3, "text_only"),
+        ("The correct answer is: A beta blocker such as Mebrolol", 2, "marker_text"),
+    ],
+)
+def test_parse_answer_forms(completion, index, form):
+    parsed = parse_answer(completion, OPTIONS)
+    assert (parsed.index, parsed.form) == (index, form)
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "",
+        "gibberish tokens without any option",
+        "Zelpamide or Corvastin could both work.",  # two options named, no marker: ambiguous
+        "The answer is: E",  # no fifth option
+        "Answer: a beta blocker",  # lower-case 'a' is a word, not a letter
+    ],
+)
+def test_parse_answer_refuses_to_guess(completion):
+    assert parse_answer(completion, OPTIONS).index is None
+
+
+def test_parse_answer_prefers_longest_option_and_last_marker():
+    options = ["Aspirin", "Aspirin and heparin", "Heparin", "Warfarin"]
+    assert parse_answer("The answer is: Aspirin and heparin", options).index == 1
+    text = "The answer is A? No. Therefore, the correct answer is: D. Warfarin"
+    assert parse_answer(text, options).index == 3
+
+
+def test_reasoning_of_strips_answer_and_later_turns():
+    text = " It inhibits COX. Therefore, the correct answer is: A. Zelpamide</s>\n<|prompter|>: more"
+    assert reasoning_of(text) == "It inhibits COX."
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=8), st.integers(min_value=1, max_value=8), st.integers(0, 2**32 - 1)
+)
+def test_mapping_back_recovers_the_original_option(num_options, num_runs, seed):
+    options = [f"option {i}" for i in range(num_options)]
+    perms = distinct_permutations(num_runs, num_options, rng=random.Random(seed))
+    for perm in perms:
+        shown = apply_permutation(options, perm)
+        for original in range(num_options):
+            shown_index = shown.index(options[original])
+            assert map_back(perm, shown_index) == original
+    import math
+
+    if num_runs <= math.factorial(num_options):
+        assert len(set(perms)) == num_runs
+
+
+def test_distinct_permutations_cover_all_when_runs_exceed_them():
+    perms = distinct_permutations(5, 2, rng=random.Random(0))
+    assert set(perms) == {(0, 1), (1, 0)}
+    assert distinct_permutations(3, 0, rng=random.Random(0)) == [(), (), ()]
+    with pytest.raises(ValueError, match="not a permutation"):
+        apply_permutation(["a", "b"], [0, 0])
+
+
+def test_plurality_vote_share_and_tie_break():
+    assert plurality_vote([2, 1, 2, 0, 2]) == (2, {0: 1, 1: 1, 2: 3}, 0.6)
+    winner, _, share = plurality_vote([3, 1, 1, 3])
+    assert (winner, share) == (3, 0.5)  # 3 reached the top count first in run order
+    with pytest.raises(ValueError):
+        plurality_vote([])
+
+
+def _example(i: int, question: str | None = None) -> Example:
+    return Example(
+        id=f"ex{i}",
+        question=question or f"Which drug treats condition {i}?",
+        options=tuple(OPTIONS),
+        answer_index=i % 4,
+        explanation=f"Condition {i} responds to it.",
+    )
+
+
+class ListRetriever:
+    """In-memory retriever: similarity is given per example id."""
+
+    def __init__(self, scored: dict[str, float], pool: list[Example]):
+        self.scored, self.pool = scored, {ex.id: ex for ex in pool}
+
+    def search(self, question, options, *, k, exclude_ids=()):
+        hits = [(self.pool[i], s) for i, s in self.scored.items() if i not in set(exclude_ids)]
+        return sorted(hits, key=lambda h: h[1], reverse=True)[:k]
+
+
+def test_knn_examples_guard_leaks_and_put_most_similar_last():
+    asked = "Which drug treats condition 99?"
+    pool = [_example(i) for i in range(6)] + [_example(7, question=asked.upper())]
+    scores = {"ex0": 0.1, "ex1": 0.9, "ex2": 0.5, "ex3": 0.7, "ex4": 0.3, "ex5": 0.2, "ex7": 1.0}
+    pool.append(_example(99, question=asked))
+    scores["ex99"] = 1.0
+    got = knn_examples(asked, OPTIONS, retriever=ListRetriever(scores, pool), k=3, question_id="ex99")
+    assert [ex.id for ex in got] == ["ex2", "ex3", "ex1"]
+
+
+def test_static_examples_are_seeded_and_exclude_the_question():
+    pool = [_example(i) for i in range(10)]
+    first = static_examples(pool, k=5, seed=1, exclude_id="ex3")
+    assert first == static_examples(list(reversed(pool)), k=5, seed=1, exclude_id="ex3")
+    assert "ex3" not in {ex.id for ex in first} and len(first) == 5
+    with pytest.raises(ValueError, match="only 2 usable"):
+        static_examples(pool[:3], k=5, exclude_id="ex0")
+
+
+def test_build_prompt_layout():
+    prompt = build_prompt("Which drug?", OPTIONS, examples=[_example(1), _example(2)])
+    assert prompt.startswith(
+        f"<|system|>: {MCQ_SYSTEM_PROMPT}\n<|prompter|>: Which drug treats condition 1?\nA. "
+    )
+    assert (
+        f"<|assistant|>: {COT_PREFIX} Condition 1 responds to it. {COT_ANSWER_PREFIX} B. Corvastin</s>"
+        in prompt
+    )
+    assert prompt.endswith(
+        f"<|prompter|>: Which drug?\nA. Zelpamide\nB. Corvastin\nC. Mebrolol\nD. Tarnexol\n<|assistant|>: {COT_PREFIX}"
+    )
+    plain = build_prompt("Q?", OPTIONS, use_labels=False, cot=False)
+    assert plain.endswith("Q?\nZelpamide\nCorvastin\nMebrolol\nTarnexol\n<|assistant|>:")
+    assert scoring_context("P", " why ") == f"P why {COT_ANSWER_PREFIX}"
+
+
+def test_config_and_example_validation():
+    with pytest.raises(ValueError, match="strategy"):
+        MedpromptConfig(strategy="magic")
+    with pytest.raises(ValueError, match="num_runs"):
+        MedpromptConfig(num_runs=0)
+    with pytest.raises(ValueError, match="answer_index"):
+        Example(id="x", question="q", options=("a", "b"), answer_index=2)
