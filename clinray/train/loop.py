@@ -1,0 +1,293 @@
+"""``train_loop_per_worker``: the one training loop of pretraining (and, with ``task: sft``, of SFT).
+
+Each Ray Train worker builds the FSDP2 model (``fsdp.py``), AdamW with the paper's schedule
+(``schedule.py``), resumes from ``ray.train.get_checkpoint()`` when there is one (model, optimizer,
+scheduler and data position, ``checkpoint.py``), and runs gradient-accumulated steps over its stride of
+the token blocks (``data.py``). Losses are summed per mixture source and all-reduced at each report, so
+the general vs clinical curves of the paper's Figure 1 are exact token averages over all workers.
+Batches carry ``labels`` with -100 where no loss is taken, which is all SFT needs from the loss. The
+trade-off: one plain loop rather than a trainer framework, so every step is visible and resumable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from clinray.train.data import IGNORE_INDEX, DataPosition
+
+__all__ = ["train_loop_per_worker", "token_losses"]
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy per position (fp32) and the mask of positions that count."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    losses = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(shift_labels)
+    return losses, shift_labels != IGNORE_INDEX
+
+
+def _optimizer(model, optim_cfg, *, device: torch.device):
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": optim_cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=optim_cfg.max_lr,
+        betas=tuple(optim_cfg.betas),
+        eps=optim_cfg.eps,
+        fused=device.type == "cuda",
+    )
+
+
+class _SourceLoss:
+    """Loss sums and token counts per source since the last report, all-reduced on read."""
+
+    def __init__(self, sources: list[str], device: torch.device) -> None:
+        self.names = [*sources, "other"]
+        self.sums = torch.zeros(len(self.names), 2, dtype=torch.float64, device=device)
+
+    def add(self, losses: torch.Tensor, mask: torch.Tensor, source_id: torch.Tensor) -> None:
+        per_row = (losses * mask).sum(dim=1).double()
+        counts = mask.sum(dim=1).double()
+        self.sums[:, 0].index_add_(0, source_id, per_row)
+        self.sums[:, 1].index_add_(0, source_id, counts)
+
+    def read(self) -> dict[str, float | None]:
+        import torch.distributed as dist
+
+        totals = self.sums.clone()
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        self.sums.zero_()
+        out: dict[str, float | None] = {"loss": (totals[:, 0].sum() / totals[:, 1].sum().clamp(min=1)).item()}
+        for i, name in enumerate(self.names):
+            if name != "other" or totals[i, 1] > 0:
+                out[f"loss_{name}"] = (totals[i, 0] / totals[i, 1]).item() if totals[i, 1] > 0 else None
+        out["num_loss_tokens"] = int(totals[:, 1].sum().item())
+        return out
+
+
+def _agree(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any (so all workers take the same branch)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _setup(cfg, plan: dict):
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.scaling.use_gpu:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    torch.manual_seed(cfg.train.seed)
+    from clinray.train.fsdp import build_model
+    from clinray.train.schedule import build_scheduler
+
+    model = build_model(cfg.model, cfg.fsdp, device=device, seed=cfg.train.seed)
+    optimizer = _optimizer(model, cfg.optim, device=device)
+    scheduler = build_scheduler(optimizer, total_steps=plan["total_steps"], optim_cfg=cfg.optim)
+    return rank, world, device, model, optimizer, scheduler
+
+
+def _resume(model, optimizer, scheduler) -> dict:
+    import ray.train
+
+    from clinray.train.checkpoint import load_sharded
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {"step": 0, "tokens_seen": 0, "epoch": 0, "num_batches": 0, "resumed_from": None}
+    with checkpoint.as_directory() as folder:
+        state = load_sharded(folder, model, optimizer, scheduler)
+    state["resumed_from"] = state["step"]
+    return state
+
+
+def _step_metrics(
+    tracker: _SourceLoss,
+    *,
+    step: int,
+    state: dict,
+    lr: float,
+    grad_norm: float,
+    elapsed: float,
+    num_tokens: int,
+    plan: dict,
+    world: int,
+) -> dict:
+    metrics = {"step": step, "tokens_seen": state["tokens_seen"], "epoch": state["epoch"], **tracker.read()}
+    tokens_per_s = num_tokens / max(elapsed, 1e-9)
+    metrics.update(
+        lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s, tokens_per_s_per_device=tokens_per_s / world
+    )
+    peak = plan.get("peak_flops_per_device")
+    metrics["mfu"] = tokens_per_s / world * plan["flops_per_token"] / peak if peak else None
+    metrics["resumed_from"] = state.get("resumed_from")
+    return metrics
+
+
+def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None:
+    """Testing knob: rank 1 (rank 0 alone) dies once, just after the checkpoint of ``fail_at_step``."""
+    if step != cfg.train.fail_at_step or rank != min(1, world - 1):
+        return
+    marker = run_dir / f".failed_once_at_{step}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    time.sleep(2.0)  # let the controller register the checkpoint just reported
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point; ``config = {"cfg": PretrainConfig as dict, "plan": derived numbers}``."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    from clinray.config import from_dict
+    from clinray.train.checkpoint import export_hf, save_sharded
+    from clinray.train.config import PretrainConfig
+    from clinray.train.data import iter_micro_batches
+    from clinray.train.fsdp import resolve_param_dtype
+    from clinray.train.metrics import MetricsWriter, flops_per_token, non_embedding_params, peak_flops
+
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    plan = dict(config["plan"])
+    run_dir = Path(plan["run_dir"])
+    rank, world, device, model, optimizer, scheduler = _setup(cfg, plan)
+    if not plan.get("peak_flops_per_device") and device.type == "cuda":
+        dtype = str(resolve_param_dtype(cfg.fsdp.param_dtype, device)).removeprefix("torch.")
+        plan["peak_flops_per_device"] = peak_flops(torch.cuda.get_device_name(device), dtype)
+    plan["flops_per_token"] = flops_per_token(
+        num_params=non_embedding_params(model),
+        num_layers=plan["num_layers"],
+        hidden_size=plan["hidden_size"],
+        seq_len=plan["seq_len"],
+    )
+    state = _resume(model, optimizer, scheduler)
+    writer = MetricsWriter(run_dir) if rank == 0 else None
+    batches = iter_micro_batches(
+        ray.train.get_dataset_shard("train"),
+        position=DataPosition(epoch=state["epoch"], num_batches=state["num_batches"]),
+        rank=rank,
+        world_size=world,
+        micro_batch_size=cfg.train.micro_batch_size,
+        sources=cfg.data.sources,
+        shuffle_seed=cfg.data.shuffle_seed,
+        shuffle_buffer_blocks=cfg.data.shuffle_buffer_blocks,
+    )
+    tracker = _SourceLoss(cfg.data.sources, device)
+    total_steps, accum = plan["total_steps"], plan["grad_accum"]
+    start = last_log = time.perf_counter()
+    tokens_since_log = 0
+    step = state["step"]
+    last = step >= total_steps
+    while step < total_steps:
+        lr = scheduler.get_last_lr()[0]
+        for _ in range(accum):
+            position, batch = next(batches)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"]).logits
+            losses, mask = token_losses(logits, batch["labels"])
+            loss = (losses * mask).sum() / mask.sum().clamp(min=1) / accum
+            loss.backward()
+            tracker.add(losses.detach(), mask, batch["source_id"])
+        max_norm = cfg.optim.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_since_log += plan["global_batch_tokens"]
+        state.update(
+            step=step,
+            tokens_seen=state["tokens_seen"] + plan["global_batch_tokens"],
+            epoch=position.epoch,
+            num_batches=position.num_batches,
+        )
+        out_of_time = cfg.train.max_time_s > 0 and time.perf_counter() - start > cfg.train.max_time_s
+        last = step == total_steps or _agree(out_of_time, device)
+        every = cfg.train.checkpoint_every
+        save = last or (every > 0 and step % every == 0)
+        if not (save or step % cfg.train.log_every == 0):
+            continue
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        metrics = _step_metrics(
+            tracker,
+            step=step,
+            state=state,
+            lr=lr,
+            grad_norm=float(grad_norm),
+            elapsed=now - last_log,
+            num_tokens=tokens_since_log,
+            plan=plan,
+            world=world,
+        )
+        last_log, tokens_since_log = now, 0
+        if writer is not None:
+            writer.write(metrics)
+        if save:
+            folder = save_sharded(model, optimizer, scheduler, state=state, rank=rank)
+            ray.train.report(
+                metrics,
+                checkpoint=Checkpoint.from_directory(str(folder)),
+                checkpoint_dir_name=f"checkpoint_{step:07d}",
+                delete_local_checkpoint_after_upload=True,
+            )
+        else:
+            ray.train.report(metrics)
+        export_every = cfg.train.hf_export_every
+        if last or (export_every > 0 and step % export_every == 0):
+            meta = {"step": step, "tokens_seen": state["tokens_seen"], "source_run": str(run_dir)}
+            export_hf(
+                model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank
+            )
+        if save:
+            _maybe_fail(cfg, step=step, rank=rank, world=world, run_dir=run_dir)
+        if last:
+            break
+        last_log = time.perf_counter()  # exclude reporting, checkpoints and exports from tokens/s
+    if last and rank == 0:
+        _finalize(run_dir, step)
+    if writer is not None:
+        writer.close()
+
+
+def _finalize(run_dir: Path, step: int) -> None:
+    """Point ``<run>/hf/final`` at the last export (a copy, so the sweep can prune step folders)."""
+    import shutil
+
+    src, dst = run_dir / "hf" / f"step_{step}", run_dir / "hf" / "final"
+    tmp = run_dir / "hf" / ".final.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)

@@ -1,0 +1,121 @@
+"""Build the Ray Train ``TorchTrainer`` of a pretraining run from its config, run it, plot it.
+
+Everything the workers need is derived here once, on the driver, and fails fast with a clear message:
+the sequence length from the blocks' manifest, the gradient accumulation from the global batch in
+tokens, the number of steps from the token budget. Re-running with the same ``run.storage_path`` and
+``run.name`` resumes the run from its last checkpoint (Ray Train V2 restores the run's state from
+storage); a worker failure inside one ``fit()`` resumes by itself up to ``run.max_failures`` times.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clinray.config import dump, to_dict
+from clinray.train.config import PretrainConfig
+from clinray.train.data import build_dataset, read_manifest
+
+__all__ = ["plan_run", "build_trainer", "run_pretrain"]
+
+
+def plan_run(cfg: PretrainConfig) -> dict:
+    """The numbers the workers derive from the config: seq_len, accumulation, steps, run folder."""
+    cfg.validate_paths()
+    manifest = read_manifest(cfg.data.path)
+    seq_len = manifest["seq_len"]
+    model_cfg = json.loads((Path(cfg.model.path) / "config.json").read_text())
+    if seq_len > model_cfg.get("max_position_embeddings", seq_len):
+        raise ValueError(f"blocks of {seq_len} tokens exceed the model's max_position_embeddings")
+    per_micro = cfg.train.micro_batch_size * seq_len * cfg.scaling.num_workers
+    accum, rest = divmod(cfg.train.global_batch_tokens, per_micro)
+    if accum < 1 or rest:
+        raise ValueError(
+            f"train.global_batch_tokens ({cfg.train.global_batch_tokens}) must be a multiple of micro_batch_size x "
+            f"seq_len x num_workers = {cfg.train.micro_batch_size} x {seq_len} x {cfg.scaling.num_workers} = {per_micro}"
+        )
+    total_steps = cfg.train.max_steps or cfg.train.token_budget // cfg.train.global_batch_tokens
+    if total_steps < 1:
+        raise ValueError(f"train.token_budget {cfg.train.token_budget} is less than one global batch")
+    storage = cfg.run.storage_path
+    local = "://" not in storage
+    run_dir = (Path(storage).resolve() / cfg.run.name) if local else (Path("runs") / cfg.run.name).resolve()
+    return {
+        "seq_len": seq_len,
+        "grad_accum": accum,
+        "total_steps": total_steps,
+        "global_batch_tokens": cfg.train.global_batch_tokens,
+        "run_dir": str(run_dir),
+        "storage_path": str(Path(storage).resolve()) if local else storage,
+        "num_layers": model_cfg["num_hidden_layers"],
+        "hidden_size": model_cfg["hidden_size"],
+        "peak_flops_per_device": cfg.run.peak_flops_per_device or None,
+        "num_blocks": manifest.get("num_blocks"),
+    }
+
+
+def build_trainer(cfg: PretrainConfig, plan: dict):
+    """A ``TorchTrainer`` with the scaling, run, failure and checkpoint configs of the recipe."""
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from clinray.train.loop import train_loop_per_worker
+
+    dataset = build_dataset(cfg.data.path)
+    size_mb = sum(p.stat().st_size for p in Path(cfg.data.path).rglob("*.parquet")) / 1e6
+    if size_mb < cfg.data.materialize_below_mb:
+        dataset = dataset.materialize()
+    scaling = ScalingConfig(
+        num_workers=cfg.scaling.num_workers,
+        use_gpu=cfg.scaling.use_gpu,
+        resources_per_worker=dict(cfg.scaling.resources_per_worker),
+        placement_strategy=cfg.scaling.placement_strategy,
+        accelerator_type=cfg.scaling.accelerator_type,
+    )
+    run_config = RunConfig(
+        storage_path=plan["storage_path"],
+        name=cfg.run.name,
+        failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "plan": plan},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=scaling,
+        run_config=run_config,
+        datasets={"train": dataset},
+        dataset_config=DataConfig(
+            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
+        ),
+    )
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    """Run (or resume) the pretraining run of ``cfg``; return a summary with the paths it wrote."""
+    from clinray.train.metrics import read_metrics
+    from clinray.train.plots import plot_loss_per_source
+
+    plan = plan_run(cfg)
+    run_dir = Path(plan["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump(cfg, run_dir / "config.yaml")
+    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    result = build_trainer(cfg, plan).fit()
+    if result.error is not None:
+        raise result.error
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    png = plot_loss_per_source(
+        run_dir / "metrics.jsonl", run_dir / "loss_per_source.png", title=f"{cfg.run.name}: loss per source"
+    )
+    return {
+        "run_dir": str(run_dir),
+        "hf_final": str(run_dir / "hf" / "final"),
+        "plot": str(png),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "total_steps": plan["total_steps"],
+        "grad_accum": plan["grad_accum"],
+        "first": rows[0],
+        "last": rows[-1],
+    }
