@@ -1,0 +1,63 @@
+"""Normalization stage: Unicode NFC, whitespace, control characters and leftover entities.
+
+Readers already hand over decoded text; this stage makes every source agree byte for byte on the
+same content (so exact dedup compares like with like) and drops documents that normalize to nothing.
+Entity decoding uses :func:`html.unescape`, which also touches a literal ``&amp;`` written in plain
+text; that is the intended trade-off for web-scraped and JSONL corpora where entities leak through,
+and it can be turned off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+
+from clinray.data.stage import REASON, RowStage
+from clinray.data.text import normalize_text
+
+_ENTITY = re.compile(r"&(#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class NormalizeConfig:
+    """How document text is normalized before filtering and dedup."""
+
+    decode_entities: bool = True
+    """Decode HTML/XML character references left in the text (``&amp;``, ``&#233;``, ``&nbsp;``)."""
+    max_chars: int = 10_000_000
+    """Texts longer than this are dropped as ``text_too_long`` (guards later stages' memory)."""
+
+    def __post_init__(self):
+        if self.max_chars < 1:
+            raise ValueError(f"normalize.max_chars must be >= 1, got {self.max_chars}")
+
+
+def normalize_document_text(text: str, *, decode_entities: bool = True) -> str:
+    """Entities decoded (twice at most, for double-escaped input), then :func:`normalize_text`."""
+    if decode_entities:
+        for _ in range(2):
+            if not _ENTITY.search(text):
+                break
+            text = html.unescape(text)
+    return normalize_text(text)
+
+
+class Normalize(RowStage):
+    """The ``normalize`` stage: rewrite ``text``; drop ``empty_text`` and ``text_too_long``."""
+
+    name = "normalize"
+
+    def __init__(self, cfg: NormalizeConfig, *, sink_root: str):
+        super().__init__(sink_root=sink_root)
+        self.cfg = cfg
+
+    def process(self, row: dict) -> dict:
+        text = row.get("text") or ""
+        if len(text) > self.cfg.max_chars:
+            row[REASON] = "text_too_long"
+            return row
+        row["text"] = normalize_document_text(text, decode_entities=self.cfg.decode_entities)
+        if not row["text"]:
+            row[REASON] = "empty_text"
+        return row

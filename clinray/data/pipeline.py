@@ -1,0 +1,180 @@
+"""The curation pipeline: ``CurateConfig`` and ``run_curation(cfg)`` -> kept docs, rejects, report.
+
+Ordered stages, each ``(name, fn)`` with ``fn(ds, ctx) -> ds`` on a lazy Ray Dataset in the working
+schema (see :mod:`clinray.data.stage`): ``parse`` (the readers) then ``normalize``, ``length_filter``,
+``pii_filter``, ``exact_dedup``, and the stages issue C appends in :func:`build_stages` (near-dup,
+substring dedup, decontamination), each with its own sub-config field in :class:`CurateConfig`.
+Nothing runs until the final ``write_parquet``: the whole chain streams through Ray Data once, and
+stage counts come from the per-batch accounting files the workers write, summed at the end, so the
+driver never holds the dataset. Stages that need a global view (dedup) shuffle inside Ray Data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from clinray.config import dump
+from clinray.data.dedup_exact import ExactDedupConfig, exact_dedup
+from clinray.data.filters import LengthFilter, LengthFilterConfig, PIIFilter, PIIFilterConfig
+from clinray.data.normalize import Normalize, NormalizeConfig
+from clinray.data.readers import InputSpec, ReadersConfig, read_documents
+from clinray.data.stage import DETAIL, REASON, StageStats, collect_stats
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class OutputConfig:
+    """Where and how the curated documents are written."""
+
+    dir: str = "runs/curate"
+    """Run folder: ``docs/`` (kept documents, Parquet), ``accounting/`` (rejects + stats), reports."""
+    partition_cols: list[str] = dataclasses.field(default_factory=lambda: ["domain"])
+    """Hive partitioning of ``docs/`` (``domain=clinical/...``); [] for flat files."""
+    min_rows_per_file: int = 1000
+    """Rows per Parquet file at least (fewer, larger files)."""
+    overwrite: bool = False
+    """Replace an existing non-empty run folder (otherwise that is an error)."""
+
+    def __post_init__(self):
+        bad = sorted(set(self.partition_cols) - {"domain", "source", "format"})
+        if bad:
+            raise ValueError(f"output.partition_cols {bad} not allowed; use domain, source and/or format")
+        if self.min_rows_per_file < 1:
+            raise ValueError("output.min_rows_per_file must be >= 1")
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class CurateConfig:
+    """Root config of ``clinray curate`` (configs/*/curate.yaml)."""
+
+    input_root: str = "."
+    """Folder the input globs are relative to (e.g. a tiny world's ``corpus/``)."""
+    inputs: list[InputSpec] = dataclasses.field(default_factory=list)
+    """Input groups: glob, source, domain, format (and fields for JSONL/Parquet)."""
+    readers: ReadersConfig = dataclasses.field(default_factory=ReadersConfig)
+    """Parsing (concurrency, caps, HTML extractor, JATS captions)."""
+    normalize: NormalizeConfig = dataclasses.field(default_factory=NormalizeConfig)
+    """Text normalization."""
+    length: LengthFilterConfig = dataclasses.field(default_factory=LengthFilterConfig)
+    """Low-length filter."""
+    pii: PIIFilterConfig = dataclasses.field(default_factory=PIIFilterConfig)
+    """PII filter (drop or redact)."""
+    exact_dedup: ExactDedupConfig = dataclasses.field(default_factory=ExactDedupConfig)
+    """Exact document dedup."""
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    """Outputs."""
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("curate needs at least one entry in 'inputs' (glob, source, domain[, format])")
+
+
+@dataclasses.dataclass(kw_only=True)
+class PipelineContext:
+    """What every stage function gets besides the dataset."""
+
+    cfg: CurateConfig
+    out_dir: Path
+    sink_root: str
+    """The accounting folder (``<out>/accounting``): give it to every Accountant / RowStage."""
+
+
+StageFn = Callable[..., object]  # (ray.data.Dataset, PipelineContext) -> ray.data.Dataset
+
+
+def _row_stage(cls, cfg_attr: str) -> StageFn:
+    def apply(ds, ctx: PipelineContext):
+        stage = cls(getattr(ctx.cfg, cfg_attr), sink_root=ctx.sink_root)
+        return ds.map_batches(stage, batch_size=None, batch_format="pyarrow", zero_copy_batch=False)
+
+    return apply
+
+
+def _exact_dedup(ds, ctx: PipelineContext):
+    return exact_dedup(ds, ctx.cfg.exact_dedup, sink_root=ctx.sink_root)
+
+
+def build_stages(cfg: CurateConfig) -> list[tuple[str, StageFn]]:
+    """The stages after ``parse``, in order; disabled ones are left out.
+
+    Each name is the stage name the stage's accounting writes under. Later stages (issue C: MinHash
+    near-dup, substring dedup, decontamination) are appended here, after ``exact_dedup``.
+    """
+    stages: list[tuple[str, StageFn]] = [("normalize", _row_stage(Normalize, "normalize"))]
+    if cfg.length.enabled:
+        stages.append(("length_filter", _row_stage(LengthFilter, "length")))
+    if cfg.pii.enabled:
+        stages.append(("pii_filter", _row_stage(PIIFilter, "pii")))
+    if cfg.exact_dedup.enabled:
+        stages.append(("exact_dedup", _exact_dedup))
+    return stages
+
+
+@dataclasses.dataclass(kw_only=True)
+class CurationResult:
+    """Paths and counts of one curation run."""
+
+    out_dir: Path
+    docs_dir: Path
+    rejects_dir: Path
+    report_json: Path
+    report_md: Path
+    funnel_png: Path
+    stages: dict[str, StageStats]
+    wall_s: float
+
+    @property
+    def num_docs(self) -> int:
+        last = list(self.stages.values())[-1]
+        return last.num_rows_out
+
+
+def _prepare_out_dir(cfg: CurateConfig) -> Path:
+    out = Path(cfg.output.dir)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.output.overwrite:
+            raise ValueError(
+                f"output folder {out} is not empty; choose another output.dir or set output.overwrite=true"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_curation(cfg: CurateConfig) -> CurationResult:
+    """Run the whole pipeline on the current Ray cluster (``ray.init`` first); return the outputs."""
+    from clinray.data.report import write_report
+
+    out = _prepare_out_dir(cfg)
+    dump(cfg, out / "config.yaml")
+    ctx = PipelineContext(cfg=cfg, out_dir=out, sink_root=str(out / "accounting"))
+    start = time.time()
+    ds = read_documents(cfg.inputs, cfg.readers, root=cfg.input_root, sink_root=ctx.sink_root)
+    stages = build_stages(cfg)
+    for _name, fn in stages:
+        ds = fn(ds, ctx)
+    docs_dir = out / "docs"
+    ds = ds.drop_columns([REASON, DETAIL])
+    ds.write_parquet(
+        str(docs_dir),
+        partition_cols=cfg.output.partition_cols or None,
+        min_rows_per_file=cfg.output.min_rows_per_file,
+    )
+    wall_s = time.time() - start
+    stats = collect_stats(ctx.sink_root, order=["parse", *[name for name, _ in stages]])
+    paths = write_report(stats, out_dir=out, wall_s=wall_s, sink_root=ctx.sink_root)
+    (out / "_SUCCESS").write_text(json.dumps({"wall_s": wall_s}))
+    return CurationResult(
+        out_dir=out,
+        docs_dir=docs_dir,
+        rejects_dir=Path(ctx.sink_root) / "rejects",
+        report_json=paths["json"],
+        report_md=paths["md"],
+        funnel_png=paths["png"],
+        stages=stats,
+        wall_s=wall_s,
+    )

@@ -1,0 +1,159 @@
+"""Byte-level input handling shared by the readers: gzip, size caps, binary and encoding checks.
+
+Every failure becomes a :class:`ReaderError` carrying a stable ``reason`` (the key of the rejects
+table), never an exception that escapes a parser. Lines are read with a cap, so a 50 MB single line
+costs at most ``max_line_bytes`` of memory at a time and becomes a ``line_too_long`` reject.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from clinray.data.stage import DETAIL, REASON
+
+GZIP_MAGIC = b"\x1f\x8b"
+_KNOWN_EXTS = {".gz", ".txt", ".text", ".md", ".markdown", ".html", ".htm", ".xhtml", ".nxml", ".xml", ".pdf"}
+_CONTROL_BYTES = bytes(range(0, 9)) + bytes(range(14, 32))
+
+
+class ReaderError(Exception):
+    """An input (or a record of it) that cannot be parsed; ``reason`` names why."""
+
+    def __init__(self, reason: str, detail: str = "", *, locator: str | None = None, text: str | None = None):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.locator, self.text = reason, detail, locator, text
+
+
+def file_stem(path: str) -> str:
+    """The file name without its (known) extensions: ``a.html.gz`` -> ``a``."""
+    name = Path(path).name
+    while True:
+        stem, dot, ext = name.rpartition(".")
+        if not dot or not stem or f".{ext.lower()}" not in _KNOWN_EXTS:
+            return name
+        name = stem
+
+
+def is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def open_stream(path: str) -> BinaryIO:
+    """The file's bytes, gunzipped transparently when it starts with the gzip magic."""
+    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    if raw.read(2) == GZIP_MAGIC:
+        raw.seek(0)
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    raw.seek(0)
+    return raw
+
+
+def gzip_error(exc: BaseException) -> ReaderError | None:
+    """Map a decompression exception to a reject reason (None if it is not one)."""
+    if isinstance(exc, EOFError):
+        return ReaderError("truncated_gzip", str(exc) or "compressed stream ended early")
+    if isinstance(exc, gzip.BadGzipFile | zlib.error):
+        return ReaderError("bad_gzip", str(exc))
+    return None
+
+
+def read_all(path: str, *, max_bytes: int) -> bytes:
+    """All (decompressed) bytes of ``path``; ``file_too_large`` past ``max_bytes``, gzip errors mapped."""
+    try:
+        with open_stream(path) as f:
+            data = f.read(max_bytes + 1)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise (gzip_error(exc) or ReaderError("io_error", str(exc))) from exc
+    if len(data) > max_bytes:
+        raise ReaderError("file_too_large", f"more than {max_bytes} bytes (after decompression)")
+    return data
+
+
+def check_binary(head: bytes) -> None:
+    """``binary`` if the bytes hold NULs or many control bytes (text files have next to none)."""
+    sample = head[:8192]
+    if not sample:
+        return
+    if b"\x00" in sample:
+        raise ReaderError("binary", "NUL bytes in the first 8 KiB", text=None)
+    num_control = sum(sample.count(bytes([b])) for b in _CONTROL_BYTES)
+    if num_control / len(sample) > 0.05:
+        raise ReaderError("binary", f"{num_control} control bytes in the first {len(sample)} bytes")
+
+
+def decode_text(data: bytes, *, what: str = "file") -> str:
+    """Strict UTF-8 (BOM allowed) after the empty and binary checks."""
+    if not data.strip():
+        raise ReaderError(
+            "empty_file", f"the {what} is empty" if not data else f"the {what} is only whitespace"
+        )
+    check_binary(data)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        preview = data[max(0, exc.start - 40) : exc.start + 40].decode("utf-8", "replace")
+        raise ReaderError("not_utf8", f"{exc.reason} at byte {exc.start}", text=preview) from exc
+
+
+def iter_capped_lines(stream: BinaryIO, *, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, bytes)`` per line; ``bytes`` is None for a line longer than ``max_line_bytes``
+    (which is skipped in chunks, never held whole)."""
+    lineno = 0
+    while True:
+        line = stream.readline(max_line_bytes + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > max_line_bytes and not (len(line) == max_line_bytes + 1 and line.endswith(b"\n")):
+            while line and not line.endswith(b"\n"):
+                line = stream.readline(1 << 20)
+            yield lineno, None
+            continue
+        yield lineno, line
+
+
+def doc_row(
+    *,
+    doc_id: str,
+    text: str,
+    spec,
+    fmt: str,
+    path: str,
+    locator: str | None = None,
+    metadata: dict | None = None,
+) -> dict:
+    """A working-schema document row (``_reason`` null)."""
+    return {
+        "id": str(doc_id),
+        "text": text,
+        "source": spec.source,
+        "domain": spec.domain,
+        "format": fmt,
+        "metadata": json.dumps(metadata or {}, ensure_ascii=False, default=str),
+        "input_file": path,
+        "locator": locator,
+        REASON: None,
+        DETAIL: None,
+    }
+
+
+def reject_row(err: ReaderError, *, spec, fmt: str, path: str, doc_id: str | None = None) -> dict:
+    """A working-schema row marked with the error's reason (dropped by the parse stage's accounting)."""
+    return {
+        "id": doc_id,
+        "text": err.text,
+        "source": spec.source,
+        "domain": spec.domain,
+        "format": fmt,
+        "metadata": None,
+        "input_file": path,
+        "locator": err.locator,
+        REASON: err.reason,
+        DETAIL: err.detail[:1000],
+    }

@@ -1,0 +1,161 @@
+"""JATS / NXML (PMC Open Access): title, abstract, body sections in order.
+
+References (``ref-list`` and bibliographic ``xref`` markers), affiliations (the front matter beyond
+title and abstract), figures, tables, formulas and supplementary material are kept out of the body;
+figure and table captions are appended at the end when ``jats_captions`` is on. Entities are decoded
+(HTML named entities included, see :mod:`xmlutil`). A truncated or invalid file is an
+``xml_syntax_error`` reject: a JATS file is one article, so there is nothing partial worth keeping.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from clinray.data.readers._io import ReaderError, decode_text, doc_row, file_stem, read_all, reject_row
+from clinray.data.readers.xmlutil import (
+    decode_named_entities,
+    drop_keep_tail,
+    element_text,
+    local,
+    safe_parser,
+)
+
+_DROP_ALWAYS = {
+    "ref-list",
+    "fig",
+    "fig-group",
+    "table-wrap",
+    "table-wrap-group",
+    "supplementary-material",
+    "disp-formula",
+    "inline-formula",
+    "math",
+    "graphic",
+    "media",
+    "fn-group",
+    "alternatives",
+    "table-wrap-foot",
+    "inline-graphic",
+    "chem-struct-wrap",
+    "object-id",
+}
+_EMPTY_BRACKETS = re.compile(r"\s*[\[(][\s,;–—-]*[\])]")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:])")
+
+
+def _clean(text: str) -> str:
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", _EMPTY_BRACKETS.sub("", text)).strip()
+
+
+def _strip(root, *, captions: bool) -> list[str]:
+    """Remove non-body-text elements in place; return figure/table captions (when wanted)."""
+    found = []
+    for el in list(root.iter()):
+        name = local(el.tag)
+        if name in ("fig", "table-wrap") and captions:
+            cap = next((c for c in el if local(c.tag) == "caption"), None)
+            label = next((c for c in el if local(c.tag) == "label"), None)
+            if cap is not None:
+                found.append(
+                    _clean(f"{element_text(label) + ' ' if label is not None else ''}{element_text(cap)}")
+                )
+    for el in list(root.iter()):
+        name = local(el.tag)
+        if not name:
+            drop_keep_tail(el)  # comments, processing instructions
+        elif name in _DROP_ALWAYS or (name == "xref" and el.get("ref-type") in ("bibr", "fn", "table-fn")):
+            drop_keep_tail(el)
+    return found
+
+
+def _blocks(node, sections: list[str], depth: int = 0) -> Iterator[str]:
+    """Paragraph-level text blocks of a body/abstract/sec in document order."""
+    if node.text and node.text.strip() and local(node.tag) not in ("sec", "body", "abstract"):
+        yield _clean(node.text)
+    for child in node:
+        name = local(child.tag)
+        if name == "sec":
+            title = next((c for c in child if local(c.tag) == "title"), None)
+            if title is not None and element_text(title):
+                sections.append(element_text(title))
+                yield element_text(title)
+            yield from _blocks(child, sections, depth + 1)
+        elif name in ("title", "label") and local(node.tag) == "sec":
+            continue
+        elif name in ("p", "list-item", "disp-quote", "def-item", "statement", "boxed-text", "speech"):
+            text = _clean(element_text(child))
+            if text:
+                yield text
+        elif name in ("list", "def-list", "abstract"):
+            yield from _blocks(child, sections, depth + 1)
+        else:
+            text = _clean(element_text(child))
+            if text:
+                yield text
+
+
+def _article_id(meta, path: str) -> str:
+    ids = {}
+    for el in meta.findall("{*}article-id") if meta is not None else []:
+        ids.setdefault(el.get("pub-id-type"), (el.text or "").strip())
+    pmc = ids.get("pmc") or ids.get("pmcid")
+    if pmc:
+        return pmc if pmc.upper().startswith("PMC") else f"PMC{pmc}"
+    return ids.get("pmid") or file_stem(path)
+
+
+def parse_jats(data: bytes, *, path: str, captions: bool) -> tuple[str, str, dict]:
+    """``(id, text, metadata)`` of one JATS article (raises :class:`ReaderError`)."""
+    from lxml import etree
+
+    try:
+        root = etree.fromstring(decode_named_entities(data), safe_parser())
+    except etree.XMLSyntaxError as exc:
+        raise ReaderError("xml_syntax_error", str(exc)) from exc
+    if local(root.tag) != "article":
+        raise ReaderError("not_jats", f"root element is <{local(root.tag)}>, not <article>")
+    meta = root.find("{*}front/{*}article-meta")
+    doc_id = _article_id(meta, path)
+    caption_texts = _strip(root, captions=captions)
+    title_el = meta.find("{*}title-group/{*}article-title") if meta is not None else None
+    title = _clean(element_text(title_el)) if title_el is not None else ""
+    abstracts = meta.findall("{*}abstract") if meta is not None else []
+    abstract = next(
+        (a for a in abstracts if a.get("abstract-type") is None), abstracts[0] if abstracts else None
+    )
+    sections: list[str] = []
+    abstract_blocks = list(_blocks(abstract, [])) if abstract is not None else []
+    body = root.find("{*}body")
+    body_blocks = list(_blocks(body, sections)) if body is not None else []
+    parts = [title, *abstract_blocks, *body_blocks, *caption_texts]
+    text = "\n\n".join(p for p in parts if p)
+    pmid = next(
+        (
+            el.text
+            for el in (meta.findall("{*}article-id") if meta is not None else [])
+            if el.get("pub-id-type") == "pmid"
+        ),
+        None,
+    )
+    metadata = {
+        "title": title,
+        "sections": sections,
+        "pmid": pmid,
+        "has_abstract": bool(abstract_blocks),
+        "num_captions": len(caption_texts),
+    }
+    return doc_id, text, metadata
+
+
+def read_jats(path: str, *, spec, cfg) -> Iterator[dict]:
+    doc_id = file_stem(path)
+    try:
+        data = read_all(path, max_bytes=cfg.max_file_bytes)
+        decode_text(data)  # empty / binary / encoding checks with their own reasons
+        doc_id, text, metadata = parse_jats(data, path=path, captions=cfg.jats_captions)
+        if not text.strip():
+            raise ReaderError("no_text", "no title, abstract or body text")
+        yield doc_row(doc_id=doc_id, text=text, spec=spec, fmt="jats", path=path, metadata=metadata)
+    except ReaderError as err:
+        yield reject_row(err, spec=spec, fmt="jats", path=path, doc_id=doc_id)
