@@ -1,0 +1,411 @@
+"""MinHash LSH near-duplicate removal on Ray Data (the paper's document-level dedup, section 4.1).
+
+Four named passes, each with an inspectable intermediate:
+
+1. **signatures** (``map_batches``, a callable class): 5-gram word shingles of the normalized text
+   (:func:`clinray.data.text.shingles`), hashed and permuted by datasketch; each document emits one
+   row per LSH band: ``(band_key, part, doc_id, source_rank, num_chars)``.
+2. **buckets** (hash-partitioned shuffle): rows are grouped by ``part = band_key % num_partitions``
+   (``groupby(..., num_partitions).map_groups``: one call per partition, not one per band key); inside
+   a partition a vectorized sort finds runs of equal band keys and emits a *star* of edges from the
+   best-ranked member to every other one, so a bucket of ``k`` documents gives ``k - 1`` edges, never
+   ``k * (k - 1) / 2``.
+3. **verify** (optional): the candidate edges are checked against the true Jaccard of the two
+   documents' shingle sets; only documents that appear in an edge are re-shingled.
+4. **clusters**: connected components of the surviving edges (union-find on the driver, which holds
+   only documents that have an edge); one document is kept per cluster by a deterministic rule:
+   source priority, then the longest text, then the smallest id. Dedup runs across sources.
+
+Trade-off: the edge list and the union-find live on the driver. Edges are O(number of duplicate
+documents), which is small next to the corpus; a corpus where most documents are near-duplicates of
+each other would want a distributed connected-components pass instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from clinray.data.stage import DETAIL, REASON, Accountant, batch_key, table_rows
+from clinray.data.text import shingles
+
+logger = logging.getLogger(__name__)
+
+#: Keep-one order for duplicates, first wins (docs/tiny_world.md).
+DEFAULT_SOURCE_PRIORITY = ("pmc", "pubmed", "textbooks", "guidelines", "articles", "slimpajama")
+STAGE = "minhash"
+
+
+def optimal_bands_rows(
+    threshold: float, num_perm: int, *, fp_weight: float = 0.5, fn_weight: float = 0.5
+) -> tuple[int, int]:
+    """datasketch's LSH parameters (bands, rows) minimizing weighted false positive + negative areas."""
+    from datasketch.lsh import _optimal_param
+
+    return tuple(int(x) for x in _optimal_param(threshold, num_perm, fp_weight, fn_weight))
+
+
+def effective_threshold(bands: int, rows: int) -> float:
+    """The Jaccard at which the LSH S-curve ``1 - (1 - s**rows)**bands`` crosses one half (approx.)."""
+    return (1.0 / bands) ** (1.0 / rows)
+
+
+@dataclass(kw_only=True, slots=True)
+class MinHashConfig:
+    """MinHash LSH near-duplicate removal."""
+
+    enabled: bool = True
+    """Run this stage at all."""
+    preset: Literal["default", "paper"] = "default"
+    """``default``: bands/rows tuned to ``threshold``; ``paper``: the paper's literal 9,000 hashes, 15 x 400."""
+    threshold: float = 0.85
+    """Jaccard similarity (of 5-gram shingle sets) above which two documents are duplicates."""
+    num_perm: int = 256
+    """Number of MinHash permutations (hashes per document)."""
+    bands: int | None = None
+    """LSH bands; None: datasketch's optimal choice for ``threshold`` and ``num_perm``."""
+    rows: int | None = None
+    """Hashes per band; None: datasketch's optimal choice."""
+    false_positive_weight: float = 0.1
+    """Weight of LSH false positives in datasketch's parameter choice (verification removes them later)."""
+    false_negative_weight: float = 0.9
+    """Weight of LSH false negatives: weighted up because a missed candidate is never recovered."""
+    ngram: int = 5
+    """Words per shingle."""
+    seed: int = 1
+    """Seed of the MinHash permutations."""
+    verify: bool = True
+    """Check candidate pairs against the true shingle Jaccard before clustering (drops LSH false positives)."""
+    source_priority: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCE_PRIORITY))
+    """Which copy of a cluster is kept: first listed source wins, then the longest text, then the smallest id."""
+    num_partitions: int = 8
+    """Partitions of the band-key shuffle."""
+    batch_size: int = 256
+    """Documents per signature batch."""
+
+    def __post_init__(self):
+        if self.preset == "paper":
+            self.num_perm, self.bands, self.rows = 9000, 15, 400
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"minhash.threshold must be in (0, 1), got {self.threshold}")
+        if self.num_perm < 2:
+            raise ValueError(f"minhash.num_perm must be at least 2, got {self.num_perm}")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError(
+                "set both minhash.bands and minhash.rows, or neither (datasketch then picks them)"
+            )
+        if self.bands is None:
+            if min(self.false_positive_weight, self.false_negative_weight) < 0:
+                raise ValueError("minhash false_positive_weight and false_negative_weight must be >= 0")
+            self.bands, self.rows = optimal_bands_rows(
+                self.threshold,
+                self.num_perm,
+                fp_weight=self.false_positive_weight,
+                fn_weight=self.false_negative_weight,
+            )
+        if self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm:
+            raise ValueError(
+                f"minhash.bands x minhash.rows = {self.bands} x {self.rows} must be positive and fit in "
+                f"num_perm={self.num_perm}; raise num_perm or lower bands/rows"
+            )
+        if self.ngram < 1 or self.num_partitions < 1 or self.batch_size < 1:
+            raise ValueError("minhash.ngram, num_partitions and batch_size must be positive")
+
+    @property
+    def effective_threshold(self) -> float:
+        return effective_threshold(self.bands, self.rows)
+
+    def warn_if_off_threshold(self) -> None:
+        """Log a warning when the bands/rows put the LSH midpoint far from ``threshold`` (the paper preset)."""
+        eff = self.effective_threshold
+        if abs(eff - self.threshold) > 0.05:
+            logger.warning(
+                "MinHash LSH with %d bands x %d rows (%d hashes) has an effective Jaccard threshold of %.3f, "
+                "not %.2f: only near-exact copies become candidates (preset=%s)",
+                self.bands,
+                self.rows,
+                self.num_perm,
+                eff,
+                self.threshold,
+                self.preset,
+            )
+
+
+def _source_rank(priority: list[str]):
+    order = {s: i for i, s in enumerate(priority)}
+    return lambda s: order.get(s, len(priority))
+
+
+_RESOLVED: dict = {}
+
+
+def resolve(ref):
+    """``ray.get`` an object passed by reference to a Ray Data UDF, once per worker process."""
+    import ray
+
+    if not isinstance(ref, ray.ObjectRef):
+        return ref
+    key = ref.hex()
+    if key not in _RESOLVED:
+        if len(_RESOLVED) > 4:
+            _RESOLVED.clear()
+        _RESOLVED[key] = ray.get(ref)
+    return _RESOLVED[key]
+
+
+class Signer:
+    """Ray Data callable: documents -> one row per (document, LSH band)."""
+
+    def __init__(self, cfg: MinHashConfig):
+        from datasketch import MinHash
+
+        self.cfg = cfg
+        template = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
+        self.scheme, self.perms = template.scheme, template.permutations
+        self.rank = _source_rank(cfg.source_priority)
+
+    def signature(self, text: str) -> np.ndarray:
+        from datasketch import MinHash
+
+        m = MinHash(
+            num_perm=self.cfg.num_perm, seed=self.cfg.seed, permutations=self.perms, scheme=self.scheme
+        )
+        m.update_batch([s.encode("utf-8") for s in shingles(text, self.cfg.ngram)])
+        return m.hashvalues
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        cfg, out = self.cfg, {"band_key": [], "doc_id": [], "source_rank": [], "num_chars": []}
+        for doc_id, text, source in zip(batch["id"], batch["text"], batch["source"]):
+            sig = self.signature(text)
+            rank, n = self.rank(source), len(text)
+            for b in range(cfg.bands):
+                band = sig[b * cfg.rows : (b + 1) * cfg.rows].tobytes()
+                digest = hashlib.blake2b(band, digest_size=8, salt=b.to_bytes(2, "little")).digest()
+                out["band_key"].append(int.from_bytes(digest, "little", signed=True))
+                out["doc_id"].append(doc_id)
+                out["source_rank"].append(rank)
+                out["num_chars"].append(n)
+        df = pd.DataFrame(out)
+        df["band_key"] = df["band_key"].astype(np.int64)
+        df["part"] = (df["band_key"].to_numpy().view(np.uint64) % np.uint64(cfg.num_partitions)).astype(
+            np.int64
+        )
+        return df
+
+
+def edges_from_partition(rows: pd.DataFrame) -> pd.DataFrame:
+    """One hash partition of band rows -> star edges (best-ranked member -> each other member)."""
+    cols = ["a", "b", "a_rank", "a_chars", "b_rank", "b_chars"]
+    if len(rows) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in "ab" else np.int64) for c in cols})
+    rows = rows.assign(neg_chars=-rows["num_chars"]).sort_values(
+        ["band_key", "source_rank", "neg_chars", "doc_id"], kind="stable"
+    )
+    keys = rows["band_key"].to_numpy()
+    starts = np.ones(len(keys), dtype=bool)
+    starts[1:] = keys[1:] != keys[:-1]
+    head = np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))
+    member = ~starts
+    ids, rank, chars = rows["doc_id"].to_numpy(), rows["source_rank"].to_numpy(), rows["num_chars"].to_numpy()
+    edges = pd.DataFrame(
+        {
+            "a": ids[head[member]],
+            "b": ids[member],
+            "a_rank": rank[head[member]],
+            "a_chars": chars[head[member]],
+            "b_rank": rank[member],
+            "b_chars": chars[member],
+        }
+    )
+    edges = edges[edges["a"] != edges["b"]]
+    return edges.drop_duplicates(subset=["a", "b"]).reset_index(drop=True)
+
+
+class _ShingleHasher:
+    """Ray Data callable: the sorted 32-bit hashes of the shingles of documents named in ``wanted``."""
+
+    def __init__(self, wanted_ref, ngram: int):
+        from datasketch.hashfunc import sha1_hash32
+
+        self.wanted = resolve(wanted_ref)
+        self.ngram, self.hash = ngram, sha1_hash32
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        ids, hashes = [], []
+        for doc_id, text in zip(batch["id"], batch["text"]):
+            if doc_id in self.wanted:
+                ids.append(doc_id)
+                hv = np.unique(
+                    np.array([self.hash(s.encode()) for s in shingles(text, self.ngram)], np.uint32)
+                )
+                hashes.append(hv)
+        return pd.DataFrame({"id": ids, "hashes": hashes})
+
+
+def verify_edges(ds, edges: pd.DataFrame, cfg: MinHashConfig) -> pd.DataFrame:
+    """Keep the candidate edges whose true shingle Jaccard reaches ``cfg.threshold`` (adds ``jaccard``)."""
+    import ray
+
+    if edges.empty:
+        return edges.assign(jaccard=pd.Series(dtype=float))
+    wanted = set(edges["a"]) | set(edges["b"])
+    hashed = ds.select_columns(["id", "text"]).map_batches(
+        _ShingleHasher,
+        fn_constructor_args=(ray.put(wanted), cfg.ngram),
+        batch_format="pandas",
+        batch_size=cfg.batch_size,
+        concurrency=(1, 4),
+    )
+    table = {}
+    for batch in hashed.iter_batches(batch_format="pandas", batch_size=None):
+        table.update(zip(batch["id"], batch["hashes"]))
+
+    def jac(a, b) -> float:
+        x, y = table[a], table[b]
+        inter = len(np.intersect1d(x, y, assume_unique=True))
+        union = len(x) + len(y) - inter
+        return inter / union if union else 1.0
+
+    sims = np.array([jac(a, b) for a, b in zip(edges["a"], edges["b"])], dtype=float)
+    return edges.assign(jaccard=sims)[sims >= cfg.threshold].reset_index(drop=True)
+
+
+def clusters_from_edges(edges: pd.DataFrame) -> pd.DataFrame:
+    """Connected components of ``edges``; one row per member with ``cluster_id`` (= kept doc id) and ``kept``."""
+    cols = ["cluster_id", "doc_id", "kept", "source_rank", "num_chars", "cluster_size"]
+    if edges.empty:
+        return pd.DataFrame({c: [] for c in cols})
+    info = {}
+    for side in ("a", "b"):
+        for d, r, c in zip(edges[side], edges[f"{side}_rank"], edges[f"{side}_chars"]):
+            info[d] = (int(r), int(c))
+    parent = {d: d for d in info}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(edges["a"], edges["b"]):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[str, list[str]] = {}
+    for d in info:
+        members.setdefault(find(d), []).append(d)
+    rows = []
+    for group in members.values():
+        keep = min(group, key=lambda d: (info[d][0], -info[d][1], d))
+        for d in sorted(group):
+            rows.append((keep, d, d == keep, info[d][0], info[d][1], len(group)))
+    return pd.DataFrame(rows, columns=cols).sort_values(["cluster_id", "doc_id"]).reset_index(drop=True)
+
+
+class MarkNearDuplicates:
+    """``map_batches`` UDF: mark the non-kept members of each cluster, then split and count (stage accounting)."""
+
+    name = STAGE
+
+    def __init__(self, removed_ref, sizes_ref, *, sink_root: str):
+        self.removed_ref, self.sizes_ref = removed_ref, sizes_ref
+        self.accountant = Accountant(self.name, sink_root=sink_root)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.time()
+        removed, sizes = resolve(self.removed_ref), resolve(self.sizes_ref)
+        rows = table_rows(batch)
+        extra: Counter = Counter()
+        for row in rows:
+            doc_id = row.get("id")
+            if doc_id in removed:
+                row[REASON], row[DETAIL] = "near_duplicate", f"cluster kept {removed[doc_id]}"
+            elif doc_id in sizes:
+                extra["num_clusters"] += 1
+                extra[f"cluster_size_{sizes[doc_id]}"] += 1
+        return self.accountant.account(rows, key=batch_key(rows), start=start, extra=dict(extra))
+
+
+def find_clusters(ds, cfg: MinHashConfig) -> tuple[pd.DataFrame, dict]:
+    """Signatures -> bucket shuffle -> (verified) edges -> clusters; returns (clusters, stats)."""
+    cfg.warn_if_off_threshold()
+    bands = ds.select_columns(["id", "text", "source"]).map_batches(
+        Signer,
+        fn_constructor_args=(cfg,),
+        batch_format="pandas",
+        batch_size=cfg.batch_size,
+        concurrency=(1, 8),
+    )
+    edges_ds = bands.groupby("part", num_partitions=cfg.num_partitions).map_groups(
+        edges_from_partition, batch_format="pandas"
+    )
+    edges = edges_ds.to_pandas()
+    if not edges.empty:
+        edges = edges.drop_duplicates(subset=["a", "b"]).reset_index(drop=True)
+    num_candidates = len(edges)
+    if cfg.verify:
+        edges = verify_edges(ds, edges, cfg)
+    clusters = clusters_from_edges(edges)
+    sizes = clusters.drop_duplicates("cluster_id")["cluster_size"].astype(int).tolist()
+    summary = {
+        "bands": cfg.bands,
+        "rows": cfg.rows,
+        "num_perm": cfg.num_perm,
+        "effective_threshold": round(cfg.effective_threshold, 4),
+        "num_candidate_pairs": int(num_candidates),
+        "num_verified_pairs": int(len(edges)),
+        "num_clusters": len(sizes),
+        "num_removed": int((~clusters["kept"].astype(bool)).sum()),
+        "cluster_sizes": dict(sorted(pd.Series(sizes, dtype=int).value_counts().to_dict().items())),
+    }
+    return clusters, summary
+
+
+def minhash_dedup(
+    ds, cfg: MinHashConfig | None = None, *, sink_root: str, clusters_dir: str | Path | None = None
+):
+    """The ``minhash`` stage on a working-schema Ray Dataset.
+
+    Runs the signature, bucket and cluster passes now (they must finish before any row can be marked),
+    writes the clusters (``clusters_dir``, default ``<sink_root>/details``) and a summary JSON, and
+    returns the lazy, marked-and-accounted dataset.
+    """
+    import ray
+
+    cfg = cfg or MinHashConfig()
+    missing = {"id", "text", "source"} - set(ds.columns())
+    if missing:
+        raise ValueError(
+            f"minhash dedup needs document columns {sorted(missing)} (see clinray/data/schema.py)"
+        )
+    clusters, summary = find_clusters(ds, cfg)
+    removed = {d: c for d, c, k in zip(clusters["doc_id"], clusters["cluster_id"], clusters["kept"]) if not k}
+    sizes = {
+        d: int(n) for d, n, k in zip(clusters["doc_id"], clusters["cluster_size"], clusters["kept"]) if k
+    }
+    details = Path(clusters_dir) if clusters_dir is not None else Path(sink_root) / "details"
+    write_clusters(clusters, details)
+    (details / "minhash_summary.json").write_text(json.dumps(summary, indent=2))
+    udf = MarkNearDuplicates(ray.put(removed), ray.put(sizes), sink_root=str(sink_root))
+    return ds.map_batches(udf, batch_format="pyarrow", zero_copy_batch=False)
+
+
+def write_clusters(clusters: pd.DataFrame, out_dir: str | Path) -> Path:
+    """Write the duplicate clusters as ``clusters.parquet`` (one row per member) for inspection."""
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "minhash_clusters.parquet"
+    pq.write_table(pa.Table.from_pandas(clusters, preserve_index=False), path)
+    return path
