@@ -107,8 +107,9 @@ class _Writer:
         parts = [docs[i : i + per_part] for i in range(0, len(docs), per_part)]
         bad_parts: dict[int, int] = {}
         if domain == "clinical" and parts:
+            full = max(1, len(parts) - 1)  # the last part may be short: keep bad lines in full parts
             for n in range(self.num_corrupt):
-                p = (n * 7 + len(parts) // 2) % len(parts)
+                p = (n * 7 + full // 2) % full
                 bad_parts[p] = bad_parts.get(p, 0) + 1
         for p, part in enumerate(parts):
             rel = f"{folder}/part_{p:03d}.jsonl"
