@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from ray.data import ActorPoolStrategy
 
 from clinray.data.stage import DETAIL, REASON, Accountant, batch_key, table_rows
 from clinray.data.text import shingles
@@ -264,7 +265,7 @@ def verify_edges(ds, edges: pd.DataFrame, cfg: MinHashConfig) -> pd.DataFrame:
         fn_constructor_args=(ray.put(wanted), cfg.ngram),
         batch_format="pandas",
         batch_size=cfg.batch_size,
-        concurrency=(1, 4),
+        compute=ActorPoolStrategy(min_size=1, max_size=4),
     )
     table = {}
     for batch in hashed.iter_batches(batch_format="pandas", batch_size=None):
@@ -344,7 +345,7 @@ def find_clusters(ds, cfg: MinHashConfig) -> tuple[pd.DataFrame, dict]:
         fn_constructor_args=(cfg,),
         batch_format="pandas",
         batch_size=cfg.batch_size,
-        concurrency=(1, 8),
+        compute=ActorPoolStrategy(min_size=1, max_size=8),
     )
     edges_ds = bands.groupby("part", num_partitions=cfg.num_partitions).map_groups(
         edges_from_partition, batch_format="pandas"
