@@ -1,0 +1,177 @@
+"""``clinray eval``: models x tasks through lm-eval, one Ray task per model, Table-2-style outputs.
+
+Each model is evaluated by :func:`evaluate_model` inside its own Ray task (``num_gpus_per_model`` GPUs
+or ``num_cpus_per_model`` CPU slots), which runs lm-eval's ``simple_evaluate`` with clinray's task
+folder on the include path and the data folder in the task metadata, i.e. exactly what
+``lm_eval --include_path clinray/eval/tasks --metadata '{"data_dir": ...}'`` runs, so the numbers are
+the same as lm-eval's own CLI. The driver gathers compact results (metrics plus per-sample log lines)
+and writes ``results.json``, ``table.md``, ``table.csv`` and ``samples/<model>/<task>.jsonl``.
+
+The trade-off: whole models are the unit of parallelism (no sharding of one model's questions over
+workers), which keeps lm-eval's results bit-identical to a single-process run and suits both a
+checkpoint sweep (many small jobs) and a Table 2 (a few models, one GPU each).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from clinray.config import dump, from_dict, to_dict
+from clinray.eval.config import EvalConfig
+from clinray.eval.tables import build_table, write_tables
+
+log = logging.getLogger(__name__)
+
+#: The folder of clinray's task YAML files (pass it to lm-eval as ``--include_path``).
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+
+
+def task_metadata(cfg: EvalConfig) -> dict[str, Any]:
+    """The metadata every clinray task loader receives (data folder, per-task files, hub switch)."""
+    data_dir = cfg.data_dir or os.environ.get("CLINRAY_DATA_DIR", "")
+    return {
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
+        "paths": dict(cfg.paths),
+        "use_hub": cfg.use_hub,
+    }
+
+
+def _device(cfg: EvalConfig) -> str:
+    if cfg.device != "auto":
+        return cfg.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and cfg.num_gpus_per_model > 0 else "cpu"
+
+
+def _sample_line(sample: dict) -> dict:
+    """A compact per-question log line from an lm-eval sample."""
+    doc = sample.get("doc", {})
+    lls = [float(r[0]) for r in sample.get("filtered_resps", [])]
+    arguments = sample.get("arguments") or []
+    line = {
+        "doc_id": sample.get("doc_id"),
+        "id": doc.get("id"),
+        "target": sample.get("target"),
+        "prediction": max(range(len(lls)), key=lls.__getitem__) if lls else None,
+        "loglikelihoods": lls,
+        "choices": [a[1].strip() for a in arguments],
+        "prompt": arguments[0][0] if arguments else None,
+    }
+    for key in ("acc", "acc_norm"):
+        if key in sample:
+            line[key] = sample[key]
+    return line
+
+
+def _metrics(task_result: dict) -> dict[str, float]:
+    out = {}
+    for key, value in task_result.items():
+        name, _, filt = key.partition(",")
+        if filt and isinstance(value, int | float):
+            out[name] = float(value)
+    return out
+
+
+def evaluate_model(name: str, model: str, cfg: EvalConfig | dict) -> dict:
+    """Evaluate one model on ``cfg.tasks`` in this process; return metrics and per-sample log lines."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import clinray.eval.scorer  # noqa: F401  (registers --model clinray)
+
+    if isinstance(cfg, dict):
+        cfg = from_dict(EvalConfig, cfg)
+    start = time.perf_counter()
+    manager = TaskManager(include_path=str(TASKS_DIR), metadata=task_metadata(cfg))
+    out = lm_eval.simple_evaluate(
+        model=cfg.scorer,
+        model_args={"pretrained": str(model), "dtype": cfg.dtype},
+        tasks=list(cfg.tasks),
+        task_manager=manager,
+        device=_device(cfg),
+        batch_size=cfg.batch_size,
+        limit=cfg.limit or None,
+        log_samples=cfg.log_samples,
+        verbosity="WARNING",
+    )
+    results = {task: _metrics(r) for task, r in out["results"].items()}
+    samples = {task: [_sample_line(s) for s in rows] for task, rows in (out.get("samples") or {}).items()}
+    num_questions = {
+        task: int(n.get("effective", n.get("original", 0))) for task, n in out["n-samples"].items()
+    }
+    subtasks = out.get("group_subtasks", {})
+
+    def size(task: str) -> int:
+        return num_questions.get(task) or sum(size(sub) for sub in subtasks.get(task, []))
+
+    num_questions.update({group: size(group) for group in subtasks})
+    return {
+        "model": name,
+        "path": str(model),
+        "scorer": cfg.scorer,
+        "wall_s": time.perf_counter() - start,
+        "results": results,
+        "num_questions": num_questions,
+        "groups": sorted(out.get("groups", {})),
+        "samples": samples,
+    }
+
+
+def evaluate_models(cfg: EvalConfig) -> list[dict]:
+    """Evaluate every model of ``cfg.models`` in parallel, one Ray task each; results in config order."""
+    import ray
+
+    if not cfg.models:
+        raise ValueError(
+            "no models to evaluate: set models: {name: path} in the config or pass --model NAME=PATH"
+        )
+    if not ray.is_initialized():
+        raise ValueError(
+            "Ray is not initialized: call ray.init() first (the CLI and ray_jobs/evaluate.py do)"
+        )
+    remote = ray.remote(num_cpus=cfg.num_cpus_per_model, num_gpus=cfg.num_gpus_per_model, max_retries=0)(
+        evaluate_model
+    )
+    plain = to_dict(cfg)
+    refs = [remote.remote(name, path, plain) for name, path in cfg.models.items()]
+    results = []
+    for name, ref in zip(cfg.models, refs, strict=True):
+        result = ray.get(ref)
+        log.info("evaluated %s in %.1f s", name, result["wall_s"])
+        results.append(result)
+    return results
+
+
+def write_results(results: list[dict], cfg: EvalConfig, out_dir: str | Path) -> dict[str, Path]:
+    """Write results.json (without samples), sample logs, and the Markdown/CSV table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump(cfg, out / "config.yaml")
+    paths: dict[str, Path] = {}
+    for result in results:
+        for task, lines in result.get("samples", {}).items():
+            path = out / "samples" / result["model"] / f"{task}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    compact = [{k: v for k, v in r.items() if k != "samples"} for r in results]
+    paths["results_json"] = out / "results.json"
+    paths["results_json"].write_text(
+        json.dumps({"tasks": cfg.tasks, "metric": cfg.metric, "models": compact}, indent=2)
+    )
+    table = build_table(compact, cfg.tasks, metric=cfg.metric)
+    paths.update(write_tables(table, out))
+    return paths
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate, write every output under ``cfg.out_dir``, and return ``{"results", "table", paths...}``."""
+    results = evaluate_models(cfg)
+    paths = write_results(results, cfg, cfg.out_dir)
+    compact = [{k: v for k, v in r.items() if k != "samples"} for r in results]
+    return {"results": compact, "table": build_table(compact, cfg.tasks, metric=cfg.metric), **paths}
