@@ -270,6 +270,18 @@ def verify_edges(ds, edges: pd.DataFrame, cfg: MinHashConfig) -> pd.DataFrame:
     table = {}
     for batch in hashed.iter_batches(batch_format="pandas", batch_size=None):
         table.update(zip(batch["id"], batch["hashes"]))
+    return filter_edges(edges, table, threshold=cfg.threshold)
+
+
+def shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """Sorted unique 32-bit hashes (datasketch's sha1_hash32) of the shingles of ``text``."""
+    from datasketch.hashfunc import sha1_hash32
+
+    return np.unique(np.array([sha1_hash32(s.encode()) for s in shingles(text, ngram)], np.uint32))
+
+
+def filter_edges(edges: pd.DataFrame, table: dict, *, threshold: float) -> pd.DataFrame:
+    """Edges whose shingle-hash Jaccard (from ``table``: id -> sorted hashes) reaches ``threshold``."""
 
     def jac(a, b) -> float:
         x, y = table[a], table[b]
@@ -278,7 +290,7 @@ def verify_edges(ds, edges: pd.DataFrame, cfg: MinHashConfig) -> pd.DataFrame:
         return inter / union if union else 1.0
 
     sims = np.array([jac(a, b) for a, b in zip(edges["a"], edges["b"])], dtype=float)
-    return edges.assign(jaccard=sims)[sims >= cfg.threshold].reset_index(drop=True)
+    return edges.assign(jaccard=sims)[sims >= threshold].reset_index(drop=True)
 
 
 def clusters_from_edges(edges: pd.DataFrame) -> pd.DataFrame:
