@@ -65,6 +65,8 @@ class EvalConfig:
     """Write per-sample logs (prompt, options, log-likelihoods, prediction) as JSONL."""
     metric: str = "acc"
     """Metric shown in the table (``acc`` or ``acc_norm``)."""
+    merge_columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Table columns that average several tasks, weighted by questions (e.g. the MMLU subjects present)."""
     sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
     """The checkpoint sweep (``clinray eval --sweep``)."""
 
@@ -81,6 +83,9 @@ class EvalConfig:
             raise ValueError(f"metric must be acc or acc_norm, got {self.metric!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
+        unknown = sorted({t for members in self.merge_columns.values() for t in members} - set(self.tasks))
+        if unknown:
+            raise ValueError(f"merge_columns name tasks that are not in tasks: {unknown}")
         bad = [name for name in self.models if not name or "/" in name]
         if bad:
             raise ValueError(f"model row names must be non-empty and contain no '/': {bad}")

@@ -88,7 +88,10 @@ def evaluate_model(name: str, model: str, cfg: EvalConfig | dict) -> dict:
     if isinstance(cfg, dict):
         cfg = from_dict(EvalConfig, cfg)
     start = time.perf_counter()
-    manager = TaskManager(include_path=str(TASKS_DIR), metadata=task_metadata(cfg))
+    builtin = any(
+        not t.startswith("clinray_") for t in cfg.tasks
+    )  # indexing lm-eval's own tasks takes seconds
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=builtin, metadata=task_metadata(cfg))
     out = lm_eval.simple_evaluate(
         model=cfg.scorer,
         model_args={"pretrained": str(model), "dtype": cfg.dtype},
@@ -164,7 +167,7 @@ def write_results(results: list[dict], cfg: EvalConfig, out_dir: str | Path) -> 
     paths["results_json"].write_text(
         json.dumps({"tasks": cfg.tasks, "metric": cfg.metric, "models": compact}, indent=2)
     )
-    table = build_table(compact, cfg.tasks, metric=cfg.metric)
+    table = build_table(compact, cfg.tasks, metric=cfg.metric, merge=cfg.merge_columns)
     paths.update(write_tables(table, out))
     return paths
 
@@ -174,4 +177,5 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     results = evaluate_models(cfg)
     paths = write_results(results, cfg, cfg.out_dir)
     compact = [{k: v for k, v in r.items() if k != "samples"} for r in results]
-    return {"results": compact, "table": build_table(compact, cfg.tasks, metric=cfg.metric), **paths}
+    table = build_table(compact, cfg.tasks, metric=cfg.metric, merge=cfg.merge_columns)
+    return {"results": compact, "table": table, **paths}

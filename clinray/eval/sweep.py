@@ -129,28 +129,24 @@ def run_sweep(cfg: EvalConfig, *, sft_hook: Callable | None | bool = True) -> di
                 "step": ckpt.step,
                 "tokens_seen": ckpt.tokens_seen,
                 "model": models[ckpt.name],
-                **{t: row["cells"][t] for t in cfg.tasks},
+                **row["cells"],
             }
         )
     (out / "sweep.json").write_text(
         json.dumps({"metric": sweep.metric, "notes": notes, "points": points}, indent=2)
     )
-    csv_lines = [",".join(["checkpoint", "step", "tokens_seen", *cfg.tasks])]
-    csv_lines += [
-        ",".join(
-            str(p[k]) if p[k] is not None else "" for k in ["checkpoint", "step", "tokens_seen", *cfg.tasks]
-        )
-        for p in points
-    ]
+    columns = result["table"]["columns"]
+    keys = ["checkpoint", "step", "tokens_seen", *columns]
+    csv_lines = [",".join(keys)] + [",".join("" if p[k] is None else str(p[k]) for k in keys) for p in points]
     (out / "sweep.csv").write_text("\n".join(csv_lines) + "\n")
-    png = plot_sweep(points, cfg.tasks, out / "sweep.png", metric=cfg.metric, tuned=hook is not None)
+    png = plot_sweep(points, columns, out / "sweep.png", metric=cfg.metric, tuned=hook is not None)
     return {**result, "points": points, "notes": notes, "sweep_png": png}
 
 
 def plot_sweep(
-    points: list[dict], tasks: list[str], out_png: str | Path, *, metric: str, tuned: bool
+    points: list[dict], columns: list[str], out_png: str | Path, *, metric: str, tuned: bool
 ) -> Path:
-    """Accuracy (%) against pretraining tokens, one line per task (Figure 2)."""
+    """Accuracy (%) against pretraining tokens, one line per table column (Figure 2)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,10 +154,10 @@ def plot_sweep(
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     xs = [p["tokens_seen"] for p in points]
-    for task in tasks:
-        ys = [p[task] for p in points]
+    for column in columns:
+        ys = [p[column] for p in points]
         if any(y is not None for y in ys):
-            ax.plot(xs, ys, marker="o", label=column_name(task))
+            ax.plot(xs, ys, marker="o", label=column_name(column))
     ax.set_xlabel("pretraining tokens")
     ax.set_ylabel(f"{metric} (%)")
     stage = "instruction-tuned checkpoints" if tuned else "raw checkpoints, no instruction tuning"

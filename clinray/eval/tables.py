@@ -19,21 +19,53 @@ def column_name(task: str) -> str:
     return task.removeprefix("clinray_")
 
 
-def build_table(results: list[dict], tasks: list[str], *, metric: str = "acc") -> dict:
-    """``{"columns", "rows": [{"model", "cells": {task: percent | None}}], "num_questions", "metric"}``."""
+def table_columns(tasks: list[str], merge: dict[str, list[str]] | None = None) -> list[str]:
+    """Columns in task order; tasks listed under a ``merge`` column are replaced by that column."""
+    merged_into = {task: name for name, members in (merge or {}).items() for task in members}
+    columns: list[str] = []
+    for task in tasks:
+        column = merged_into.get(task, task)
+        if column not in columns:
+            columns.append(column)
+    return columns
+
+
+def _cell(result: dict, column: str, metric: str, merge: dict[str, list[str]]) -> tuple[float | None, int]:
+    """(percent, questions) of one cell; a merged column is the question-weighted mean of its tasks."""
+    members = merge.get(column, [column])
+    total, count = 0.0, 0
+    for task in members:
+        value = result.get("results", {}).get(task, {}).get(metric)
+        n = _task_size(result, task) or 1
+        if value is None:
+            return None, 0
+        total, count = total + value * n, count + n
+    return 100.0 * total / count, (count if any(_task_size(result, t) for t in members) else 0)
+
+
+def build_table(
+    results: list[dict], tasks: list[str], *, metric: str = "acc", merge: dict[str, list[str]] | None = None
+) -> dict:
+    """``{"columns", "rows": [{"model", "cells": {column: percent | None}}], "num_questions", "metric"}``.
+
+    Args:
+        results: compact per-model results (``model``, ``results``, ``num_questions``).
+        tasks: the evaluated tasks, in column order.
+        metric: ``acc`` or ``acc_norm``.
+        merge: extra columns, name -> tasks averaged into it weighted by their number of questions.
+    """
+    merge = dict(merge or {})
+    columns = table_columns(tasks, merge)
     rows = []
     num_questions: dict[str, int] = {}
     for result in results:
         cells = {}
-        for task in tasks:
-            value = result.get("results", {}).get(task, {}).get(metric)
-            cells[task] = None if value is None else 100.0 * value
-        rows.append({"model": result["model"], "cells": cells})
-        for task in tasks:
-            n = _task_size(result, task)
+        for column in columns:
+            cells[column], n = _cell(result, column, metric, merge)
             if n:
-                num_questions[task] = n
-    return {"columns": list(tasks), "rows": rows, "num_questions": num_questions, "metric": metric}
+                num_questions[column] = n
+        rows.append({"model": result["model"], "cells": cells})
+    return {"columns": columns, "rows": rows, "num_questions": num_questions, "metric": metric}
 
 
 def _task_size(result: dict, task: str) -> int:
