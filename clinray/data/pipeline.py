@@ -19,7 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clinray.config import dump
+from clinray.data.decontaminate import DecontamConfig, decontaminate
 from clinray.data.dedup_exact import ExactDedupConfig, exact_dedup
+from clinray.data.dedup_minhash import MinHashConfig, minhash_dedup
+from clinray.data.dedup_substring import SubstringConfig, stage_name, substring_dedup
 from clinray.data.filters import LengthFilter, LengthFilterConfig, PIIFilter, PIIFilterConfig
 from clinray.data.normalize import Normalize, NormalizeConfig
 from clinray.data.readers import InputSpec, ReadersConfig, read_documents
@@ -65,6 +68,14 @@ class CurateConfig:
     """PII filter (drop or redact)."""
     exact_dedup: ExactDedupConfig = dataclasses.field(default_factory=ExactDedupConfig)
     """Exact document dedup."""
+    # --- issue C stages (near-dup, substring dedup, decontamination) ---
+    minhash: MinHashConfig = dataclasses.field(default_factory=MinHashConfig)
+    """MinHash LSH near-duplicate removal."""
+    substring: SubstringConfig = dataclasses.field(default_factory=SubstringConfig)
+    """Exact-substring dedup (suffix array), one pass per threshold."""
+    decontaminate: DecontamConfig = dataclasses.field(default_factory=DecontamConfig)
+    """Decontamination against evaluation test sets (needs ``decontaminate.questions_root``)."""
+    # --- end issue C ---
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     """Outputs."""
 
@@ -111,7 +122,45 @@ def build_stages(cfg: CurateConfig) -> list[tuple[str, StageFn]]:
         stages.append(("pii_filter", _row_stage(PIIFilter, "pii")))
     if cfg.exact_dedup.enabled:
         stages.append(("exact_dedup", _exact_dedup))
+    stages += _issue_c_stages(cfg)
     return stages
+
+
+# --- issue C stages -------------------------------------------------------------------------------------
+def _minhash(ds, ctx: PipelineContext):
+    return minhash_dedup(ds, ctx.cfg.minhash, sink_root=ctx.sink_root)
+
+
+def _substring(ds, ctx: PipelineContext):
+    return substring_dedup(ds, ctx.cfg.substring, sink_root=ctx.sink_root)
+
+
+def _decontaminate(ds, ctx: PipelineContext):
+    return decontaminate(ds, ctx.cfg.decontaminate, sink_root=ctx.sink_root)
+
+
+def _issue_c_stages(cfg: CurateConfig) -> list[tuple[str, StageFn]]:
+    """Near-dup, substring passes, decontamination. All substring passes run in one shard task (one sort),
+    so only the first pass's entry does work; the others are listed for their accounting names."""
+    import logging
+
+    stages: list[tuple[str, StageFn]] = []
+    if cfg.minhash.enabled:
+        stages.append(("minhash", _minhash))
+    if cfg.substring.enabled:
+        first, *rest = cfg.substring.thresholds
+        stages.append((stage_name(first), _substring))
+        stages += [(stage_name(t), lambda ds, ctx: ds) for t in rest]
+    if cfg.decontaminate.enabled and cfg.decontaminate.questions_root:
+        stages.append(("decontaminate", _decontaminate))
+    elif cfg.decontaminate.enabled:
+        logging.getLogger(__name__).warning(
+            "decontaminate.questions_root is not set: decontamination skipped"
+        )
+    return stages
+
+
+# --- end issue C stages ---------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -126,6 +175,8 @@ class CurationResult:
     funnel_png: Path
     stages: dict[str, StageStats]
     wall_s: float
+    problems: list[str]
+    """Accounting identities that do not hold (empty on a sound run)."""
 
     @property
     def num_docs(self) -> int:
@@ -147,7 +198,7 @@ def _prepare_out_dir(cfg: CurateConfig) -> Path:
 
 def run_curation(cfg: CurateConfig) -> CurationResult:
     """Run the whole pipeline on the current Ray cluster (``ray.init`` first); return the outputs."""
-    from clinray.data.report import write_report
+    from clinray.data.report import check_identities, write_report
 
     out = _prepare_out_dir(cfg)
     dump(cfg, out / "config.yaml")
@@ -177,4 +228,5 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
         funnel_png=paths["png"],
         stages=stats,
         wall_s=wall_s,
+        problems=check_identities(stats),
     )

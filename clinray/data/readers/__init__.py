@@ -98,7 +98,7 @@ class ReadersConfig:
 
 def infer_format(path: str) -> str:
     """Format from the extension (``.gz`` ignored); ``.xml`` is sniffed; '' if unknown."""
-    name = path[:-3] if path.endswith(".gz") else path
+    name = path.removesuffix(".gz").removesuffix(".zst")
     ext = os.path.splitext(name)[1].lower()
     if ext == ".xml":
         from clinray.data.readers._io import open_stream

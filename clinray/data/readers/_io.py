@@ -8,6 +8,7 @@ costs at most ``max_line_bytes`` of memory at a time and becomes a ``line_too_lo
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from collections.abc import Iterator
@@ -17,8 +18,34 @@ from typing import BinaryIO
 from clinray.data.stage import DETAIL, REASON
 
 GZIP_MAGIC = b"\x1f\x8b"
-_KNOWN_EXTS = {".gz", ".txt", ".text", ".md", ".markdown", ".html", ".htm", ".xhtml", ".nxml", ".xml", ".pdf"}
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_KNOWN_EXTS = {
+    ".gz",
+    ".zst",
+    ".txt",
+    ".text",
+    ".md",
+    ".markdown",
+    ".html",
+    ".htm",
+    ".xhtml",
+    ".nxml",
+    ".xml",
+    ".pdf",
+}
 _CONTROL_BYTES = bytes(range(0, 9)) + bytes(range(14, 32))
+
+
+try:
+    from zstandard import ZstdError as _ZstdError
+except ImportError:  # pragma: no cover - zstandard is a dependency
+
+    class _ZstdError(Exception):
+        pass
+
+
+#: Exceptions that reading a (possibly compressed) stream can raise.
+STREAM_ERRORS = (EOFError, OSError, zlib.error, _ZstdError)
 
 
 class ReaderError(Exception):
@@ -45,21 +72,62 @@ def is_gzip(path: str) -> bool:
 
 
 def open_stream(path: str) -> BinaryIO:
-    """The file's bytes, gunzipped transparently when it starts with the gzip magic."""
+    """The file's bytes, decompressed transparently when it starts with the gzip or zstd magic
+    (SlimPajama ships as ``.jsonl.zst``)."""
     raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
-    if raw.read(2) == GZIP_MAGIC:
-        raw.seek(0)
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+    head = raw.read(4)
     raw.seek(0)
+    if head[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if head == ZSTD_MAGIC:
+        return io.BufferedReader(_ZstdStream(raw))
     return raw
+
+
+class _ZstdStream(io.RawIOBase):
+    """Streaming zstd decompression that raises ``EOFError`` on a truncated stream (as gzip does);
+    zstandard's own ``stream_reader`` returns a silent early EOF instead."""
+
+    def __init__(self, raw: BinaryIO):
+        import zstandard
+
+        self.raw, self.dobj = raw, zstandard.ZstdDecompressor().decompressobj()
+        self.pending, self.pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.pos >= len(self.pending):
+            chunk = self.raw.read(1 << 16)
+            if not chunk:
+                if not self.dobj.eof:
+                    raise EOFError("zstd stream ended before the end of its frame")
+                return 0
+            if self.dobj.eof:  # a next frame: continue with a fresh decompressor
+                import zstandard
+
+                self.dobj = zstandard.ZstdDecompressor().decompressobj()
+            self.pending, self.pos = self.dobj.decompress(chunk), 0
+        n = min(len(buffer), len(self.pending) - self.pos)
+        buffer[:n] = self.pending[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 def gzip_error(exc: BaseException) -> ReaderError | None:
     """Map a decompression exception to a reject reason (None if it is not one)."""
     if isinstance(exc, EOFError):
-        return ReaderError("truncated_gzip", str(exc) or "compressed stream ended early")
+        reason = "truncated_zstd" if "zstd" in str(exc) else "truncated_gzip"
+        return ReaderError(reason, str(exc) or "compressed stream ended early")
     if isinstance(exc, gzip.BadGzipFile | zlib.error):
         return ReaderError("bad_gzip", str(exc))
+    if isinstance(exc, _ZstdError):
+        return ReaderError("bad_zstd", str(exc))
     return None
 
 
@@ -68,7 +136,7 @@ def read_all(path: str, *, max_bytes: int) -> bytes:
     try:
         with open_stream(path) as f:
             data = f.read(max_bytes + 1)
-    except (EOFError, OSError, zlib.error) as exc:
+    except STREAM_ERRORS as exc:
         raise (gzip_error(exc) or ReaderError("io_error", str(exc))) from exc
     if len(data) > max_bytes:
         raise ReaderError("file_too_large", f"more than {max_bytes} bytes (after decompression)")

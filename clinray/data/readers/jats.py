@@ -41,11 +41,13 @@ _DROP_ALWAYS = {
     "object-id",
 }
 _EMPTY_BRACKETS = re.compile(r"\s*[\[(][\s,;–—-]*[\])]")
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:])")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:)])")
+_PUNCT_RUN = re.compile(r"([,;])(?:\s*[,;])+")  # "lipase,,,, 7": what is left of a run of citations
 
 
 def _clean(text: str) -> str:
-    return _SPACE_BEFORE_PUNCT.sub(r"\1", _EMPTY_BRACKETS.sub("", text)).strip()
+    text = _PUNCT_RUN.sub(r"\1", _EMPTY_BRACKETS.sub("", text))
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", text).strip()
 
 
 def _strip(root, *, captions: bool) -> list[str]:
@@ -77,10 +79,15 @@ def _blocks(node, sections: list[str], depth: int = 0) -> Iterator[str]:
         name = local(child.tag)
         if name == "sec":
             title = next((c for c in child if local(c.tag) == "title"), None)
+            inner_sections: list[str] = []
+            inner = list(_blocks(child, inner_sections, depth + 1))
+            if not inner:  # a section left empty (e.g. only supplementary files): no orphan heading
+                continue
             if title is not None and element_text(title):
                 sections.append(element_text(title))
                 yield element_text(title)
-            yield from _blocks(child, sections, depth + 1)
+            sections.extend(inner_sections)
+            yield from inner
         elif name in ("title", "label") and local(node.tag) == "sec":
             continue
         elif name in ("p", "list-item", "disp-quote", "def-item", "statement", "boxed-text", "speech"):

@@ -8,10 +8,9 @@ for the rest, with the last good PMID as its locator.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
-from clinray.data.readers._io import ReaderError, doc_row, gzip_error, open_stream, reject_row
+from clinray.data.readers._io import STREAM_ERRORS, ReaderError, doc_row, gzip_error, open_stream, reject_row
 from clinray.data.readers.xmlutil import element_text
 
 
@@ -89,7 +88,7 @@ def read_medline(path: str, *, spec, cfg) -> Iterator[dict]:
         where = f"after PMID {last}" if last else "before the first citation"
         reason = "empty_file" if "Document is empty" in str(exc) and num == 0 else "xml_syntax_error"
         yield reject_row(ReaderError(reason, str(exc), locator=where), spec=spec, fmt="medline", path=path)
-    except (EOFError, OSError, zlib.error) as exc:
+    except STREAM_ERRORS as exc:
         err = gzip_error(exc) or ReaderError("io_error", str(exc))
         err.locator = f"after PMID {last}" if last else "before the first citation"
         yield reject_row(err, spec=spec, fmt="medline", path=path)

@@ -8,10 +8,10 @@ after the records already read, which stay. That keeps most of a large, slightly
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterator
 
 from clinray.data.readers._io import (
+    STREAM_ERRORS,
     ReaderError,
     doc_row,
     gzip_error,
@@ -62,7 +62,7 @@ def read_jsonl(path: str, *, spec, cfg) -> Iterator[dict]:
                     yield _record_to_row(obj, spec=spec, fmt="jsonl", path=path, locator=locator)
                 except ReaderError as err:
                     yield reject_row(err, spec=spec, fmt="jsonl", path=path)
-    except (EOFError, OSError, zlib.error) as exc:
+    except STREAM_ERRORS as exc:
         err = gzip_error(exc) or ReaderError("io_error", str(exc))
         err.locator = f"after line {lineno}"
         yield reject_row(err, spec=spec, fmt="jsonl", path=path)

@@ -6,10 +6,10 @@ without ever holding the line. Markdown is kept as written (its markup is light 
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 from clinray.data.readers._io import (
+    STREAM_ERRORS,
     ReaderError,
     decode_text,
     doc_row,
@@ -34,7 +34,7 @@ def read_text(path: str, *, spec, cfg, fmt: str = "text") -> Iterator[dict]:
                     if size > cfg.max_file_bytes:
                         raise ReaderError("file_too_large", f"more than {cfg.max_file_bytes} bytes")
                     chunks.append(line)
-        except (EOFError, OSError, zlib.error) as exc:
+        except STREAM_ERRORS as exc:
             raise (gzip_error(exc) or ReaderError("io_error", str(exc))) from exc
         text = decode_text(b"".join(chunks))
         title = next((ln.strip().lstrip("#").strip() for ln in text.splitlines() if ln.strip()), "")
