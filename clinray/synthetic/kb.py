@@ -247,20 +247,23 @@ def _slots(fact: Fact) -> dict[str, str]:
 
 
 def state_fact(fact: Fact, *, variant: int) -> str:
-    """A short paragraph stating ``fact``: the relation in template ``variant`` plus mechanism and finding/test.
+    """A short paragraph stating ``fact``: the relation in template ``variant`` plus one attribute sentence.
 
-    Consecutive variants use different relation templates, so six statements use six paraphrases.
+    Consecutive variants use different relation templates, so six statements use six paraphrases, and
+    the second sentence cycles through mechanism, finding and test (each stated twice in six). Keeping
+    statements to two sentences keeps the drug-condition relation a large share of the tokens, which
+    is what a tiny model needs to learn it in minutes.
     """
     slots = _slots(fact)
-    sentences = [
-        RELATION_TEMPLATES[variant % len(RELATION_TEMPLATES)].format(**slots),
-        MECHANISM_TEMPLATES[variant % len(MECHANISM_TEMPLATES)].format(**slots),
-    ]
-    if variant % 2 == 0:
-        sentences.append(FINDING_TEMPLATES[(variant // 2) % len(FINDING_TEMPLATES)].format(**slots))
+    relation = RELATION_TEMPLATES[variant % len(RELATION_TEMPLATES)].format(**slots)
+    kind, k = variant % 3, variant // 3
+    if kind == 0:
+        extra = MECHANISM_TEMPLATES[k % len(MECHANISM_TEMPLATES)]
+    elif kind == 1:
+        extra = FINDING_TEMPLATES[k % len(FINDING_TEMPLATES)]
     else:
-        sentences.append(TEST_TEMPLATES[(variant // 2) % len(TEST_TEMPLATES)].format(**slots))
-    return " ".join(sentences)
+        extra = TEST_TEMPLATES[k % len(TEST_TEMPLATES)]
+    return f"{relation} {extra.format(**slots)}"
 
 
 def explanation(fact: Fact) -> str:

@@ -41,7 +41,7 @@ class WorldConfig:
     """Facts in the knowledge base; half train, half test."""
     statements_per_fact: int = 6
     """Times each fact is stated at scale 1 (never fewer than this at any scale)."""
-    num_general_docs: int = 250
+    num_general_docs: int = 200
     """General-domain filler documents (half text, half JSONL)."""
     num_exact_duplicates: int = 10
     """Exact duplicates planted (text and JSONL)."""
@@ -142,8 +142,8 @@ class _Builder:
             doc.title = f"Review: treatment options for {first.condition}"
         body = [clinical_background(rng, num_sentences=2)]
         for p in paras:
-            body.append(p + (" " + clinical_background(rng, num_sentences=1) if rng.random() < 0.5 else ""))
-        body.append(clinical_background(rng, num_sentences=3 if fmt == "jsonl" else 2))
+            body.append(p + (" " + clinical_background(rng, num_sentences=1) if rng.random() < 0.25 else ""))
+        body.append(clinical_background(rng, num_sentences=3 if fmt == "jsonl" else 1))
         doc.paragraphs = body
         return doc
 
@@ -187,7 +187,7 @@ class _Builder:
         used: set[str] = set()
         exact, near = [], []
         for orig in cands[: self.cfg.scaled(self.cfg.num_exact_duplicates)]:
-            fmt = orig.fmt if rng.random() < 0.5 else "jsonl"
+            fmt = orig.fmt if rng.random() < 0.25 else "jsonl"
             copy = Doc(
                 doc_id=self.ids.next(fmt, orig.domain),
                 fmt=fmt,
