@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from tqdm import tqdm
+
 from clinray.synthetic import plant, render
 from clinray.synthetic.filler import clinical_background
 from clinray.synthetic.render import Doc
@@ -30,8 +32,8 @@ def _entry(doc: Doc, path: str, locator) -> dict:
 
 
 class _Writer:
-    def __init__(self, out: Path, ids, cfg) -> None:
-        self.out, self.ids, self.cfg = out, ids, cfg
+    def __init__(self, out: Path, ids, cfg, bar: tqdm) -> None:
+        self.out, self.ids, self.cfg, self.bar = out, ids, cfg, bar
         self.rng = random.Random(f"corrupt:{cfg.seed}:{cfg.scale}")
         self.documents: list[dict] = []
         self.corrupt: list[dict] = []
@@ -43,6 +45,7 @@ class _Writer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         self.num_bytes += len(data)
+        self.bar.update(len(data))
 
     def one_file_docs(self, docs: list[Doc], folder: str, suffix: str, render_fn) -> None:
         for doc in docs:
@@ -131,7 +134,9 @@ def write_corpus(out: Path, docs: list[Doc], ids, cfg) -> tuple[list[dict], list
         groups.setdefault((doc.fmt, doc.domain), []).append(doc)
     for group in groups.values():
         group.sort(key=lambda d: d.doc_id)
-    w = _Writer(out, ids, cfg)
+    # a progress bar only for big worlds (scale 1 writes in well under a second)
+    bar = tqdm(desc="writing world", unit="B", unit_scale=True, disable=len(docs) < 5000)
+    w = _Writer(out, ids, cfg, bar)
     w.one_file_docs(groups.get(("html", "clinical"), []), "corpus/clinical/html", ".html", render.html_page)
     w.jats(groups.get(("jats", "clinical"), []), cfg.seed)
     w.medline(groups.get(("medline", "clinical"), []))
@@ -141,4 +146,5 @@ def write_corpus(out: Path, docs: list[Doc], ids, cfg) -> tuple[list[dict], list
         )
         w.jsonl(groups.get(("jsonl", domain), []), domain)
     w.text_corrupt()
+    bar.close()
     return w.documents, w.corrupt, w.num_bytes

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from clinray.data.text import jaccard, normalize_text, shingles
+from clinray.data.text import jaccard, normalize_text, shingles, word_tokens
 from clinray.models.chat_template import ANSWER_PREFIX, COT_PREFIX, MCQ_SYSTEM_PROMPT
 from clinray.synthetic import WorldConfig, generate_world
 from clinray.synthetic.kb import RELATION_TEMPLATES
@@ -76,6 +76,12 @@ def test_layout_and_documents(world_dir, world_manifest):
         assert d["domain"] == d["path"].split("/")[1]
     assert m["counts"]["num_documents"] == len(ids)
     assert 0.8e6 < m["counts"]["num_corpus_bytes"] < 4e6
+
+
+def test_num_words_match_text(world_manifest, texts):
+    for d in world_manifest["documents"]:
+        if d["format"] in ("text", "jsonl"):
+            assert d["num_words"] == len(word_tokens(texts[d["doc_id"]])), d
 
 
 def test_near_duplicates_measured_and_banded(world_manifest, texts):
