@@ -63,7 +63,8 @@ class InputSpec:
     text_field: str = "text"
     """JSONL / Parquet: the field holding the text."""
     id_field: str = "id"
-    """JSONL / Parquet: the field holding the document id."""
+    """JSONL / Parquet: the field holding the document id; "" derives ``folder/file-stem:record`` ids
+    (for corpora without ids, such as SlimPajama)."""
 
     def __post_init__(self):
         if self.domain not in DOMAINS:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 from clinray.data.readers._io import (
     STREAM_ERRORS,
     ReaderError,
     doc_row,
+    file_stem,
     gzip_error,
     iter_capped_lines,
     open_stream,
@@ -29,7 +31,10 @@ def _record_to_row(obj, *, spec, fmt: str, path: str, locator: str) -> dict:
     text = obj.get(spec.text_field)
     if not isinstance(text, str) or not text.strip():
         raise ReaderError("missing_text", f"no non-empty string field {spec.text_field!r}", locator=locator)
-    doc_id = obj.get(spec.id_field)
+    if not spec.id_field:  # corpora without ids (SlimPajama): folder/file-stem:record
+        doc_id = f"{Path(path).parent.name}/{file_stem(path)}:{locator}"
+    else:
+        doc_id = obj.get(spec.id_field)
     if doc_id is None or str(doc_id) == "":
         raise ReaderError("missing_id", f"no field {spec.id_field!r}", locator=locator, text=text[:200])
     meta = {k: v for k, v in obj.items() if k not in (spec.text_field, spec.id_field)}
