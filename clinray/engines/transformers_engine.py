@@ -136,7 +136,12 @@ class TransformersEngine:
         return rows
 
     def score_batch(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
-        """:meth:`score` for many contexts, ``max_batch_size`` rows per forward pass."""
+        """:meth:`score` for many contexts, ``max_batch_size`` rows per forward pass.
+
+        Rows are left-padded so every continuation ends the row, and only the last positions' logits
+        are computed (``logits_to_keep``): the vocabulary projection of a long few-shot context is
+        most of the cost otherwise.
+        """
         import torch
 
         rows = [(i, row) for i, (ctx, conts) in enumerate(requests) for row in self._score_rows(ctx, conts)]
@@ -145,18 +150,23 @@ class TransformersEngine:
         for at in range(0, len(rows), self.max_batch_size):
             chunk = rows[at : at + self.max_batch_size]
             width = max(len(r[0]) for _, r in chunk)
+            keep = max(hi - lo for _, (_, lo, hi) in chunk) + 1
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for j, (_, (row, _, _)) in enumerate(chunk):
-                ids[j, : len(row)] = torch.tensor(row)
-                mask[j, : len(row)] = 1
+                ids[j, width - len(row) :] = torch.tensor(row)
+                mask[j, width - len(row) :] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logprobs = torch.log_softmax(
-                    self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1
-                )
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+                ).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
             for j, (i, (_, lo, hi)) in enumerate(chunk):
-                picked = logprobs[j, lo - 1 : hi - 1].gather(-1, ids[j, lo:hi, None]).squeeze(-1)
+                n = hi - lo
+                targets = ids[j, width - n :]
+                picked = logprobs[j, keep - n - 1 : keep - 1].gather(-1, targets[:, None]).squeeze(-1)
                 out[i].append(float(picked.sum()))
         return out
 

@@ -1,0 +1,69 @@
+"""``clinray medprompt``: answer multiple-choice questions with a Medprompt strategy."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "answer multiple-choice questions with Medprompt (zero-shot/static/kNN CoT, choice-shuffle ensemble)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clinray.cli import add_config_arguments
+
+    add_config_arguments(parser, default="configs/tiny/medprompt.yaml")
+    parser.add_argument("--question", help="the question stem")
+    parser.add_argument("--option", action="append", default=[], help="an option (repeat, in order)")
+    parser.add_argument("--questions", help="MedQA-layout JSONL of questions to answer instead")
+    parser.add_argument("--limit", type=int, default=10, help="answer at most this many from --questions")
+    parser.add_argument("--out", help="write answers with every run's prompt and completion to this JSONL")
+
+
+def _items(args: argparse.Namespace) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    from clinray.retrieval.build_index import options_and_answer
+
+    if args.questions:
+        items = []
+        for line in Path(args.questions).read_text(encoding="utf-8").splitlines()[: args.limit]:
+            rec = json.loads(line)
+            options, answer = options_and_answer(rec)
+            items.append(
+                {"id": rec.get("id"), "question": rec["question"], "options": options, "gold": answer}
+            )
+        return items
+    if not args.question or len(args.option) < 2:
+        raise ValueError("give --question and at least two --option, or --questions FILE.jsonl")
+    return [{"id": None, "question": args.question, "options": args.option, "gold": None}]
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from clinray.config import load
+    from clinray.prompting.medprompt import answer_batch
+    from clinray.retrieval.medprompt_service import MedpromptRunConfig, open_setup
+
+    cfg = load(MedpromptRunConfig, args.config, args.overrides)
+    items = _items(args)
+    setup = open_setup(cfg)
+    try:
+        answers = answer_batch(
+            items, engine=setup.engine, config=cfg.medprompt, retriever=setup.retriever, pool=setup.pool
+        )
+    finally:
+        setup.close()
+    out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115
+    for item, ans in zip(items, answers, strict=True):
+        mark = (
+            ""
+            if item["gold"] is None
+            else ("  (correct)" if ans.answer_index == item["gold"] else "  (wrong)")
+        )
+        print(f"{item['question'][:70]!r} -> {ans.answer_text!r} confidence {ans.confidence:.2f}{mark}")
+        if out:
+            out.write(json.dumps({"id": item["id"], "gold": item["gold"], **ans.to_dict()}) + "\n")
+    if out:
+        out.close()
+    return 0

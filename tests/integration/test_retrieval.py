@@ -1,0 +1,183 @@
+"""Embeddings, the Milvus Lite example store, kNN few-shot retrieval and the Ray Data index build."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clinray.prompting.knn_fewshot import knn_examples
+from clinray.retrieval.embed import EmbedConfig, Embedder, embedding_text
+from clinray.retrieval.milvus_store import MilvusExampleStore, MilvusRetriever, StoreConfig
+
+OPTIONS = ("First option", "Second option", "Third option", "Fourth option")
+#: (original, paraphrase) pairs on unrelated topics: each paraphrase's nearest neighbour is its original.
+PLANTED = [
+    (
+        "Which vaccine prevents measles in young children?",
+        "What immunization protects toddlers against measles?",
+    ),
+    ("How is a fractured femur stabilized in surgery?", "What operation fixes a broken thigh bone?"),
+    ("Which insulin regimen suits type 1 diabetes?", "What insulin schedule is used for type one diabetes?"),
+    (
+        "What causes iron deficiency anemia in pregnancy?",
+        "Why do pregnant women become anemic from low iron?",
+    ),
+    ("Which antibiotic treats streptococcal sore throat?", "What antibiotic is given for strep throat?"),
+    ("How does asthma narrow the airways?", "By what mechanism do asthmatic airways constrict?"),
+    ("What is the first aid for a severe burn?", "How should a serious burn injury be treated immediately?"),
+    ("Which test detects colon cancer early?", "What screening finds bowel cancer at an early stage?"),
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder(EmbedConfig())
+
+
+@pytest.fixture(scope="module")
+def planted_store(embedder, tmp_path_factory):
+    store = MilvusExampleStore(
+        StoreConfig(uri=str(tmp_path_factory.mktemp("milvus") / "planted.db"), index_type="FLAT")
+    )
+    store.ensure_collection()
+    rows = []
+    for i, pair in enumerate(PLANTED):
+        for j, question in enumerate(pair):
+            rows.append(
+                {
+                    "id": f"t{i}-{j}",
+                    "question": question,
+                    "options": list(OPTIONS),
+                    "answer_index": i % 4,
+                    "explanation": f"Reasoning {i}.",
+                    "source": "planted",
+                }
+            )
+    vectors = embedder.embed([embedding_text(r["question"], r["options"]) for r in rows])
+    store.upsert([{**r, "vector": v} for r, v in zip(rows, vectors)])
+    yield store
+    store.close()
+
+
+def test_embedder_is_offline_minilm_and_normalized(embedder):
+    vectors = embedder.embed(["chest pain", "a broken arm"])
+    assert vectors.shape == (2, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_knn_search_finds_planted_neighbours_and_never_the_question(planted_store, embedder):
+    assert planted_store.count() == 2 * len(PLANTED)
+    retriever = MilvusRetriever(planted_store, embedder)
+    for i, (original, paraphrase) in enumerate(PLANTED):
+        hits = retriever.search(paraphrase, OPTIONS, k=3, exclude_ids=[f"t{i}-1"])
+        assert hits[0][0].id == f"t{i}-0", (paraphrase, [h[0].question for h in hits])
+        assert all(ex.id != f"t{i}-1" for ex, _ in hits)
+        assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+        shots = knn_examples(original, OPTIONS, retriever=retriever, k=4, question_id=f"t{i}-0")
+        assert len(shots) == 4 and f"t{i}-0" not in {ex.id for ex in shots}
+        assert shots[-1].id == f"t{i}-1"  # the most similar example goes last
+        assert shots[-1].explanation == f"Reasoning {i}." and shots[-1].options == OPTIONS
+
+
+def test_store_rejects_mismatched_dimensions(planted_store, embedder):
+    with pytest.raises(ValueError, match="store.dim"):
+        planted_store.upsert(
+            [{"id": "x", "vector": [0.1, 0.2], "question": "q", "options": ["a", "b"], "answer_index": 0}]
+        )
+    other = MilvusExampleStore(StoreConfig(uri=planted_store.cfg.uri, dim=8))
+    with pytest.raises(ValueError, match="384-dim"):
+        other.ensure_collection()
+    with pytest.raises(ValueError, match=r"\.db"):
+        StoreConfig(uri="runs/index/store.sqlite")
+
+
+def _write_inputs(root):
+    medqa = root / "medqa"
+    medqa.mkdir()
+    lines = []
+    for i, (question, _) in enumerate(PLANTED):
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"mq{i}",
+                    "question": question,
+                    "answer_idx": "ABCD"[i % 4],
+                    "options": dict(zip("ABCD", OPTIONS)),
+                }
+            )
+        )
+    lines.append("{not json")
+    lines.append(
+        json.dumps({"id": "mq-bad", "question": "q", "options": {"A": "a", "B": "b"}, "answer_idx": "E"})
+    )
+    (medqa / "train.jsonl").write_text("\n".join(lines) + "\n")
+    sft = []
+    for i in range(len(PLANTED)):
+        final = OPTIONS[i % 4] if i != 7 else OPTIONS[(i + 1) % 4]  # mq7's CoT reaches a wrong answer
+        sft.append(
+            json.dumps(
+                {
+                    "id": f"sft-mq{i}",
+                    "assistant": f"Let's think step-by-step. Because {i}. "
+                    f"Therefore, the correct answer is: {final}",
+                    "has_cot": True,
+                }
+            )
+        )
+    (root / "sft.jsonl").write_text("\n".join(sft) + "\n")
+    mcq = root / "medmcqa"
+    mcq.mkdir()
+    (mcq / "train.json").write_text(
+        json.dumps(
+            {
+                "id": "mm0",
+                "question": PLANTED[0][1],
+                "opa": "w",
+                "opb": "x",
+                "opc": "y",
+                "opd": "z",
+                "cop": 3,
+                "exp": "Because y.",
+            }
+        )
+        + "\n"
+    )
+
+
+def test_index_build_counts_rejects_and_rebuild_is_idempotent(ray_local, tmp_path):
+    from clinray.config import load
+    from clinray.retrieval.build_index import IndexConfig, build_index
+
+    _write_inputs(tmp_path)
+    overrides = {
+        "world": "",
+        "inputs": [
+            {"path": str(tmp_path / "medqa/train.jsonl")},
+            {"path": str(tmp_path / "medmcqa/train.json")},
+        ],
+        "sft_cot": [str(tmp_path / "sft.jsonl")],
+        "store": {"uri": str(tmp_path / "index.db")},
+    }
+    cfg = load(IndexConfig, "configs/tiny/index.yaml", overrides)
+    first = build_index(cfg)
+    assert first["count"] == first["num_written"] == 8  # mq0..mq6 and mm0
+    assert first["rejected_by_reason"] == {
+        "cot_answer_mismatch": 1,
+        "bad_json": 1,
+        "bad_options_or_answer": 1,
+    }
+    assert {(r["line"], r["reason"]) for r in first["rejects"]} >= {
+        (9, "bad_json"),
+        (8, "cot_answer_mismatch"),
+    }
+    second = build_index(cfg)
+    assert second["count"] == 8 and second["num_written"] == 8
+    store = MilvusExampleStore(cfg.store)
+    pool = store.all_examples()
+    store.close()
+    by_id = {ex.id: ex for ex in pool}
+    assert by_id["mm0"].answer == "y" and by_id["mm0"].source == "medmcqa"
+    assert by_id["mq3"].explanation == "Because 3." and by_id["mq3"].answer_index == 3
