@@ -22,6 +22,10 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _KNOWN_EXTS = {
     ".gz",
     ".zst",
+    ".jsonl",
+    ".ndjson",
+    ".json",
+    ".parquet",
     ".txt",
     ".text",
     ".md",
