@@ -25,7 +25,7 @@ from clinray.synthetic.render import Doc
 VERSION = 1
 FORMATS = ("html", "jats", "medline", "text", "jsonl")
 #: Facts stated per document, by format (MEDLINE abstracts are short, textbook chapters long).
-FACTS_PER_DOC = {"html": 6, "jats": 10, "medline": 3, "text": 12, "jsonl": 5}
+FACTS_PER_DOC = {"html": 6, "jats": 10, "medline": 3, "text": 16, "jsonl": 5}
 _WORLD_PARTS = ("manifest.json", "kb", "corpus", "sft", "questions")
 
 
@@ -148,19 +148,19 @@ class _Builder:
         return doc
 
     def clinical_docs(self) -> None:
+        """Each round states every fact once; a fact's format rotates by round, so it meets all five."""
         rng = self.rng("clinical")
         rounds = max(self.cfg.statements_per_fact, round(self.cfg.statements_per_fact * self.cfg.scale))
-        num_docs = 0
+        slot = list(range(len(self.facts)))
+        rng.shuffle(slot)
         for r in range(rounds):
-            order = list(range(len(self.facts)))
-            rng.shuffle(order)
-            i = 0
-            while i < len(order):
-                fmt = FORMATS[(num_docs + r) % len(FORMATS)]
-                chunk = [(self.facts[j], r + j) for j in order[i : i + FACTS_PER_DOC[fmt]]]
-                self.docs.append(self._clinical_doc(fmt, chunk, rng))
-                i += FACTS_PER_DOC[fmt]
-                num_docs += 1
+            for k, fmt in enumerate(FORMATS):
+                group = [j for j in range(len(self.facts)) if (slot[j] + r) % len(FORMATS) == k]
+                rng.shuffle(group)
+                per_doc = FACTS_PER_DOC[fmt]
+                for i in range(0, len(group), per_doc):
+                    chunk = [(self.facts[j], r + j) for j in group[i : i + per_doc]]
+                    self.docs.append(self._clinical_doc(fmt, chunk, rng))
 
     def general_docs(self) -> None:
         rng = self.rng("general")
@@ -200,7 +200,10 @@ class _Builder:
             exact.append({"doc_id": copy.doc_id, "duplicate_of": orig.doc_id})
             used |= {orig.doc_id, copy.doc_id}
         num_near = self.cfg.scaled(self.cfg.num_near_duplicates, minimum=2)
-        originals = [d for d in long_cands if d.doc_id not in used][:num_near]
+        free = [d for d in long_cands if d.doc_id not in used]
+        # a quarter from clinical textbook chapters, so dedup is exercised on fact-bearing text too
+        clinical = [d for d in free if d.domain == "clinical"][: num_near // 4]
+        originals = (clinical + [d for d in free if d.domain == "general"])[:num_near]
         if len(originals) < num_near:
             raise ValueError(f"only {len(originals)} documents of 300+ words for {num_near} near-duplicates")
         by_id = {f.fact_id: f for f in self.facts}
