@@ -232,25 +232,11 @@ def edges_from_partition(rows: pd.DataFrame) -> pd.DataFrame:
     return edges.drop_duplicates(subset=["a", "b"]).reset_index(drop=True)
 
 
-class _ShingleHasher:
-    """Ray Data callable: the sorted 32-bit hashes of the shingles of documents named in ``wanted``."""
-
-    def __init__(self, wanted_ref, ngram: int):
-        from datasketch.hashfunc import sha1_hash32
-
-        self.wanted = resolve(wanted_ref)
-        self.ngram, self.hash = ngram, sha1_hash32
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        ids, hashes = [], []
-        for doc_id, text in zip(batch["id"], batch["text"]):
-            if doc_id in self.wanted:
-                ids.append(doc_id)
-                hv = np.unique(
-                    np.array([self.hash(s.encode()) for s in shingles(text, self.ngram)], np.uint32)
-                )
-                hashes.append(hv)
-        return pd.DataFrame({"id": ids, "hashes": hashes})
+def _hash_wanted(batch: pd.DataFrame, wanted_ref, ngram: int) -> pd.DataFrame:
+    """Ray Data UDF: the shingle hashes of the documents named in ``wanted`` (others are skipped)."""
+    wanted = resolve(wanted_ref)
+    pairs = [(d, shingle_hashes(t, ngram)) for d, t in zip(batch["id"], batch["text"]) if d in wanted]
+    return pd.DataFrame({"id": [p[0] for p in pairs], "hashes": [p[1] for p in pairs]})
 
 
 def verify_edges(ds, edges: pd.DataFrame, cfg: MinHashConfig) -> pd.DataFrame:
@@ -261,11 +247,7 @@ def verify_edges(ds, edges: pd.DataFrame, cfg: MinHashConfig) -> pd.DataFrame:
         return edges.assign(jaccard=pd.Series(dtype=float))
     wanted = set(edges["a"]) | set(edges["b"])
     hashed = ds.select_columns(["id", "text"]).map_batches(
-        _ShingleHasher,
-        fn_constructor_args=(ray.put(wanted), cfg.ngram),
-        batch_format="pandas",
-        batch_size=cfg.batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=4),
+        _hash_wanted, fn_args=(ray.put(wanted), cfg.ngram), batch_format="pandas", batch_size=cfg.batch_size
     )
     table = {}
     for batch in hashed.iter_batches(batch_format="pandas", batch_size=None):
@@ -401,6 +383,9 @@ def minhash_dedup(
         raise ValueError(
             f"minhash dedup needs document columns {sorted(missing)} (see clinray/data/schema.py)"
         )
+    # A barrier: clusters need every document, and the three passes below must read one execution of
+    # the upstream stages (re-running them would re-count their accounting); spills to disk when large.
+    ds = ds.materialize()
     clusters, summary = find_clusters(ds, cfg)
     removed = {d: c for d, c, k in zip(clusters["doc_id"], clusters["cluster_id"], clusters["kept"]) if not k}
     sizes = {

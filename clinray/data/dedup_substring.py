@@ -191,11 +191,12 @@ def substring_dedup(ds, cfg: SubstringConfig | None = None, *, sink_root: str):
     The sort materializes the dataset (an all-to-all step); the passes themselves are lazy.
     """
     cfg = cfg or SubstringConfig()
-    if "id" not in ds.columns() or "text" not in ds.columns():
+    ds = ds.materialize()
+    if not {"id", "text"} <= set(ds.columns()):
         raise ValueError("substring dedup needs the document columns 'id' and 'text'")
-    ordered = ds.sort("id").materialize()
-    num_shards = max(1, math.ceil(ordered.size_bytes() / cfg.shard_bytes))
-    shards = ordered.repartition(num_shards)
+    num_shards = max(1, math.ceil(ds.size_bytes() / cfg.shard_bytes))
+    # One shard needs no global sort (the shard task sorts its rows); several need contiguous id ranges.
+    shards = ds.repartition(1) if num_shards == 1 else ds.sort("id").materialize().repartition(num_shards)
     return shards.map_batches(
         SubstringShard(cfg, sink_root=str(sink_root)),
         batch_size=None,

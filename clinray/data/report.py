@@ -83,6 +83,12 @@ def _markdown(stats: dict[str, StageStats], *, wall_s: float, problems: list[str
     parse = stats.get("parse")
     if parse is not None and parse.extra:
         lines += ["", "Input files: " + ", ".join(f"{k} = {v:,}" for k, v in sorted(parse.extra.items()))]
+    # --- issue C: stage-specific counters (cluster sizes, bytes removed per substring pass, hits) ---
+    detailed = [(n, s) for n, s in stats.items() if n != "parse" and s.extra]
+    if detailed:
+        lines += ["", "## Stage details", "", "| stage | counter | value |", "|---|---|---|"]
+        lines += [f"| {n} | {k} | {v:,} |" for n, s in detailed for k, v in sorted(s.extra.items())]
+    # --- end issue C ---
     lines += ["", "## Accounting check", ""]
     lines += [f"- VIOLATION: {p}" for p in problems] or [
         "Every stage balances: rows in = kept + dropped, and each stage receives what the previous one kept."
