@@ -37,22 +37,22 @@ def static_examples(
 ) -> list[Example]:
     """``k`` fixed examples drawn from ``pool`` with ``seed``, excluding the asked question.
 
-    The draw depends only on the pool's ids and the seed, not on the pool's order, so the same pool
-    gives the same examples wherever it was loaded from.
+    The pool is shuffled with ``seed`` (in id order first, so the pool's own order does not matter) and
+    the first ``k`` usable examples are taken: every question gets the same examples, except that a
+    question drawn among them is replaced by the next one.
     """
     if k < 0:
         raise ValueError(f"k must be non-negative, got {k}")
-    candidates = sorted(
-        (
-            ex
-            for ex in pool
-            if ex.id != exclude_id and not (exclude_question and same_question(ex.question, exclude_question))
-        ),
-        key=lambda ex: ex.id,
-    )
-    if len(candidates) < k:
-        raise ValueError(f"static few-shot needs {k} examples but the pool has only {len(candidates)} usable")
-    return random.Random(seed).sample(candidates, k)
+    order = sorted(pool, key=lambda ex: ex.id)
+    random.Random(seed).shuffle(order)
+    chosen = [
+        ex
+        for ex in order
+        if ex.id != exclude_id and not (exclude_question and same_question(ex.question, exclude_question))
+    ][:k]
+    if len(chosen) < k:
+        raise ValueError(f"static few-shot needs {k} examples but the pool has only {len(chosen)} usable")
+    return chosen
 
 
 def few_shot_cot_prompt(

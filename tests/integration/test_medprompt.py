@@ -77,7 +77,7 @@ class CountingEngine:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_returns_an_answer(strategy, engine, world_store, test_items):
     retriever, pool = world_store
-    cfg = MedpromptConfig(strategy=strategy, max_new_tokens=8, num_shots=3)
+    cfg = MedpromptConfig(strategy=strategy, max_new_tokens=8, num_shots=2)
     counting = CountingEngine(engine)
     answers = answer_batch(test_items, engine=counting, config=cfg, retriever=retriever, pool=pool)
     num_runs = 5 if strategy == "cot_ensemble" else 1
@@ -94,7 +94,7 @@ def test_each_strategy_returns_an_answer(strategy, engine, world_store, test_ite
             )
             assert run.mapped_back == run.permutation[shown_answer]
             assert item["id"] not in run.example_ids
-            assert len(run.example_ids) == (0 if strategy == "zero_shot_cot" else 3)
+            assert len(run.example_ids) == (0 if strategy == "zero_shot_cot" else 2)
         if strategy == "cot_ensemble":
             assert len({tuple(r.permutation) for r in ans.runs}) == 5
             assert len({tuple(r.example_ids) for r in ans.runs}) == 5

@@ -134,6 +134,9 @@ def test_static_examples_are_seeded_and_exclude_the_question():
     first = static_examples(pool, k=5, seed=1, exclude_id="ex3")
     assert first == static_examples(list(reversed(pool)), k=5, seed=1, exclude_id="ex3")
     assert "ex3" not in {ex.id for ex in first} and len(first) == 5
+    unguarded = static_examples(pool, k=5, seed=1)
+    kept = [ex for ex in unguarded if ex.id != "ex3"]
+    assert first[: len(kept)] == kept  # the same examples, the asked one replaced by the next
     with pytest.raises(ValueError, match="only 2 usable"):
         static_examples(pool[:3], k=5, exclude_id="ex0")
 

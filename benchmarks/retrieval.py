@@ -1,0 +1,191 @@
+"""Medprompt serving costs: kNN search latency in Milvus Lite, and a 5-run ensemble against a single run.
+
+1. Milvus Lite holds N examples (100k; ``--quick``: 20k) with random unit vectors of dimension 384 (the
+   latency of a FLAT COSINE search does not depend on what the vectors mean); single-query top-5
+   searches through :class:`MilvusExampleStore` give p50/p99. Peer: exact top-5 by a NumPy matrix
+   product over the same vectors, which also gives Milvus's recall@5.
+2. The same tiny model (built from the tiny world) answers the same questions with static 5-shot CoT
+   (one run) and with the 5-run choice-shuffle ensemble (five prompts of the same length, generated as
+   one batch by :class:`TransformersEngine`); ``ratio`` = ensemble time / single time (target <= 2).
+   Peer: the ensemble's five prompts generated one after another (no batching).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks.common import parser, timer, write_result  # noqa: E402
+
+DIM = 384
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def bench_search(num_examples: int, num_queries: int, workdir: Path) -> dict:
+    from clinray.retrieval.milvus_store import MilvusExampleStore, StoreConfig
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((num_examples, DIM), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = MilvusExampleStore(StoreConfig(uri=str(workdir / "bench.db"), index_type="FLAT"))
+    store.ensure_collection(drop=True)
+    options = ["Alpha", "Beta", "Gamma", "Delta"]
+    with timer() as insert_t:
+        for start in range(0, num_examples, 5000):
+            rows = [
+                {
+                    "id": f"q{i}",
+                    "vector": vectors[i],
+                    "question": f"Stored question number {i}?",
+                    "options": options,
+                    "answer_index": i % 4,
+                    "explanation": f"Because {i}.",
+                    "source": "bench",
+                }
+                for i in range(start, min(start + 5000, num_examples))
+            ]
+            store.upsert(rows)
+    count = store.count()
+    queries = rng.standard_normal((num_queries, DIM), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    store.search(queries[:1], k=5)  # warm-up (loads the segment)
+    latencies, found = [], []
+    for q in queries:
+        start = time.perf_counter()
+        hits = store.search(q, k=5)[0]
+        latencies.append((time.perf_counter() - start) * 1000)
+        found.append({ex.id for ex, _ in hits})
+    store.close()
+    numpy_lat, recall = [], []
+    for q, got in zip(queries, found):
+        start = time.perf_counter()
+        top = np.argpartition(-(vectors @ q), 5)[:5]
+        numpy_lat.append((time.perf_counter() - start) * 1000)
+        recall.append(len(got & {f"q{i}" for i in top}) / 5)
+    return {
+        "num_stored": count,
+        "num_queries": num_queries,
+        "insert_s": round(insert_t(), 2),
+        "milvus_lite_search_p50_ms": round(_percentile(latencies, 50), 3),
+        "milvus_lite_search_p99_ms": round(_percentile(latencies, 99), 3),
+        "numpy_exact_p50_ms": round(_percentile(numpy_lat, 50), 3),
+        "numpy_exact_p99_ms": round(_percentile(numpy_lat, 99), 3),
+        "milvus_recall_at_5": round(float(np.mean(recall)), 4),
+    }
+
+
+def _tiny_setup(workdir: Path):
+    from clinray.models.tiny import build_tiny_model
+    from clinray.prompting.templates import Example
+    from clinray.retrieval.build_index import IndexConfig, load_examples, options_and_answer
+    from clinray.synthetic import generate_world
+
+    world = workdir / "world"
+    generate_world(world, seed=0, scale=1.0)
+    model = build_tiny_model(world / "corpus", workdir / "tiny_model")
+    rows, _ = load_examples(IndexConfig(world=str(world)))
+    import json
+
+    pool = [
+        Example(
+            id=r["id"],
+            question=r["question"],
+            options=tuple(json.loads(r["options"])),
+            answer_index=r["answer_index"],
+            explanation=r["explanation"],
+            source=r["source"],
+        )
+        for r in rows
+    ]
+    items = []
+    for line in (world / "questions/medqa/test.jsonl").read_text().splitlines()[:4]:
+        rec = json.loads(line)
+        items.append({"id": rec["id"], "question": rec["question"], "options": options_and_answer(rec)[0]})
+    return model, pool, items
+
+
+def bench_ensemble(workdir: Path, *, max_new_tokens: int, repeats: int) -> dict:
+    from clinray.engines.transformers_engine import TransformersEngine
+    from clinray.prompting.medprompt import MedpromptConfig, answer_batch
+
+    model, pool, items = _tiny_setup(workdir)
+    engine = TransformersEngine(model, device="cpu", max_batch_size=16)
+    single_cfg = MedpromptConfig(strategy="static_fewshot_cot", max_new_tokens=max_new_tokens)
+    ens_cfg = MedpromptConfig(
+        strategy="cot_ensemble", ensemble_examples="static", max_new_tokens=max_new_tokens
+    )
+
+    class Sequential:  # the peer: the same engine, one prompt per generate call
+        def generate(self, prompts, **kw):
+            return [engine.generate([p], **kw)[0] for p in prompts]
+
+        def score_batch(self, requests):
+            return [engine.score(c, conts) for c, conts in requests]
+
+    def per_question(cfg, eng) -> float:
+        times = []
+        for item in items:
+            start = time.perf_counter()
+            answer_batch([item], engine=eng, config=cfg, pool=pool)
+            times.append(time.perf_counter() - start)
+        return sum(times)
+
+    answer_batch(items[:1], engine=engine, config=single_cfg, pool=pool)  # warm-up
+    single, ensemble, sequential = [], [], []
+    for _ in range(repeats):  # interleaved, so load changes hit all three alike
+        single.append(per_question(single_cfg, engine))
+        ensemble.append(per_question(ens_cfg, engine))
+        sequential.append(per_question(ens_cfg, Sequential()))
+    s, e, q = statistics.median(single), statistics.median(ensemble), statistics.median(sequential)
+    prompt_tokens = len(
+        engine.tokenizer(
+            answer_batch(items[:1], engine=engine, config=single_cfg, pool=pool)[0].runs[0].prompt
+        )["input_ids"]
+    )
+    return {
+        "num_questions": len(items),
+        "max_new_tokens": max_new_tokens,
+        "prompt_tokens": prompt_tokens,
+        "repeats": repeats,
+        "single_run_s": round(s, 3),
+        "ensemble_5_batched_s": round(e, 3),
+        "ensemble_5_sequential_s": round(q, 3),
+        "ratio": round(e / s, 3),
+        "ratio_sequential_peer": round(q / s, 3),
+        "torch_threads": __import__("torch").get_num_threads(),
+    }
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n")[0]).parse_args()
+    num_examples, num_queries = (20_000, 200) if args.quick else (100_000, 1000)
+    max_new_tokens, repeats = (48, 2) if args.quick else (128, 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        search = bench_search(num_examples, num_queries, Path(tmp))
+        ensemble = bench_ensemble(Path(tmp), max_new_tokens=max_new_tokens, repeats=repeats)
+    write_result(
+        "retrieval",
+        {
+            "quick": args.quick,
+            **search,
+            **ensemble,
+            "target": "ratio = ensemble / single <= 2 (5 runs batched)",
+            "peer": "NumPy exact top-5 (search); unbatched sequential ensemble (generation)",
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
