@@ -41,7 +41,7 @@ class WorldConfig:
     """Facts in the knowledge base; half train, half test."""
     statements_per_fact: int = 6
     """Times each fact is stated at scale 1 (never fewer than this at any scale)."""
-    num_general_docs: int = 200
+    num_general_docs: int = 300
     """General-domain filler documents (half text, half JSONL)."""
     num_exact_duplicates: int = 10
     """Exact duplicates planted (text and JSONL)."""
@@ -173,7 +173,7 @@ class _Builder:
                     fmt=fmt,
                     domain="general",
                     title=general_title(rng, topic),
-                    paragraphs=general_paragraphs(rng, topic, num_words=rng.randint(150, 650)),
+                    paragraphs=general_paragraphs(rng, topic, num_words=rng.randint(200, 800)),
                 )
             )
 
