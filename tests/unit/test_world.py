@@ -248,3 +248,13 @@ def test_cli_help_and_deterministic_runs(tmp_path, capsys):
         )
         assert re.search(r"num_documents\s+\d+", res.stdout)
     assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+
+
+def test_demo_stage_writes_world_and_reports_counts(tmp_path):
+    from clinray.demo import DemoContext
+    from clinray.demo_stages import world as stage
+
+    result = stage.run(DemoContext(run_dir=tmp_path))
+    assert stage.ORDER == 10 and stage.BUDGET_S == 30
+    assert Path(result.outputs["world"], "manifest.json").is_file()
+    assert result.metrics["num_facts"] == 200 and result.metrics["num_documents"] > 300
