@@ -46,15 +46,18 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def build_dataset(path: str | Path):
-    """The token blocks as a Ray Dataset (only the columns the loop needs)."""
+def build_dataset(path: str | Path, *, materialize_below_mb: float = 0.0):
+    """The token blocks as a Ray Dataset (only the columns the loop needs).
+
+    Folders smaller than ``materialize_below_mb`` are read here with pyarrow and put in the object store
+    as they are (no read tasks: workers that hold every CPU still get batches); larger ones stream.
+    """
+    import pyarrow.parquet as pq
     import ray.data
 
     files = sorted(str(p) for p in Path(path).rglob("*.parquet"))
     if not files:
         raise ValueError(f"no Parquet files under {str(path)!r}")
-    import pyarrow.parquet as pq
-
     names = set(pq.read_schema(files[0]).names)
     missing = {"input_ids", "source"} - names
     if missing:
@@ -62,6 +65,9 @@ def build_dataset(path: str | Path):
             f"token blocks in {str(path)!r} lack column(s) {sorted(missing)}; found {sorted(names)}"
         )
     columns = ["input_ids", "source"] + (["labels"] if "labels" in names else [])
+    size_mb = sum(Path(f).stat().st_size for f in files) / 1e6
+    if size_mb < materialize_below_mb:
+        return ray.data.from_arrow([pq.read_table(f, columns=columns) for f in files])
     return ray.data.read_parquet(files, columns=columns, shuffle=None)
 
 

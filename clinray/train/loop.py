@@ -158,7 +158,11 @@ def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
-    time.sleep(2.0)  # let the controller register the checkpoint just reported
+    # die only once the controller has registered this step's checkpoint (it writes the snapshot then)
+    snapshot, name = run_dir / "checkpoint_manager_snapshot.json", f"checkpoint_{step:07d}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (snapshot.exists() and name in snapshot.read_text()):
+        time.sleep(0.2)
     os._exit(1)
 
 

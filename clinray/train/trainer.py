@@ -62,10 +62,7 @@ def build_trainer(cfg: PretrainConfig, plan: dict):
 
     from clinray.train.loop import train_loop_per_worker
 
-    dataset = build_dataset(cfg.data.path)
-    size_mb = sum(p.stat().st_size for p in Path(cfg.data.path).rglob("*.parquet")) / 1e6
-    if size_mb < cfg.data.materialize_below_mb:
-        dataset = dataset.materialize()
+    dataset = build_dataset(cfg.data.path, materialize_below_mb=cfg.data.materialize_below_mb)
     scaling = ScalingConfig(
         num_workers=cfg.scaling.num_workers,
         use_gpu=cfg.scaling.use_gpu,
