@@ -140,6 +140,14 @@ def _pack_batch(batch: pd.DataFrame, plan_ref, seq_len: int) -> pa.Table:
     )
 
 
+def _where(batch: pa.Table, column: str, value, invert: bool = False) -> pa.Table:
+    """Rows of ``batch`` whose ``column`` equals ``value`` (or not, with ``invert``); types are kept."""
+    import pyarrow.compute as pc
+
+    mask = pc.equal(batch[column], value)
+    return batch.filter(pc.invert(mask) if invert else mask)
+
+
 def _prepare(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -168,7 +176,9 @@ def run_pack(cfg: PackConfig) -> dict:
         _assign, fn_args=(cfg.mixture,), batch_format="pandas", batch_size=cfg.batch_size
     )
     tokens = (
-        assigned.filter(lambda r: r["component"] != "")
+        assigned.map_batches(
+            _where, fn_args=("component", ""), fn_kwargs={"invert": True}, batch_format="pyarrow"
+        )
         .map_batches(
             Tokenize,
             fn_constructor_args=(cfg.tokenizer,),
@@ -185,11 +195,15 @@ def run_pack(cfg: PackConfig) -> dict:
     packed = tokens.map_batches(
         _pack_batch, fn_args=(ray.put(plan), cfg.seq_len), batch_format="pandas", batch_size=cfg.batch_size
     ).materialize()
-    full = packed.filter(lambda r: not r["is_tail"]).drop_columns(["is_tail"])
+    full = packed.map_batches(
+        _where, fn_args=("is_tail", True), fn_kwargs={"invert": True}, batch_format="pyarrow"
+    )
+    full = full.drop_columns(["is_tail"])
     if cfg.shuffle_seed is not None:
         full = full.random_shuffle(seed=cfg.shuffle_seed)
     full.write_parquet(str(out), min_rows_per_file=1024)
-    tail_blocks, dropped = _pack_tails(packed.filter(lambda r: r["is_tail"]).to_pandas(), cfg.seq_len)
+    tails = packed.map_batches(_where, fn_args=("is_tail", True), batch_format="pyarrow").to_pandas()
+    tail_blocks, dropped = _pack_tails(tails, cfg.seq_len)
     if tail_blocks.num_rows:
         pq.write_table(tail_blocks, out / "tails-00000.parquet")
     manifest = _manifest(cfg, out, plan, dropped, num_unassigned, time.time() - start)
@@ -206,7 +220,9 @@ def _pack_tails(tails: pd.DataFrame, seq_len: int) -> tuple[pa.Table, dict[str, 
         ids += blocks
         sources += [name] * len(blocks)
         dropped[name] = int(len(rest))
-    table = pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int32())), "source": pa.array(sources)})
+    table = pa.table(
+        {"input_ids": pa.array(ids, type=pa.list_(pa.int32())), "source": pa.array(sources, type=pa.string())}
+    )
     return table, dropped
 
 
