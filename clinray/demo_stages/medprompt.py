@@ -18,7 +18,7 @@ ORDER = 90
 TITLE = "Medprompt: example store and prompting strategies"
 BUDGET_S = 90
 NUM_QUESTIONS = 3
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 32
 
 
 def _best_model(ctx: DemoContext) -> tuple[str, str]:

@@ -226,6 +226,7 @@ def build_index(cfg: IndexConfig) -> dict[str, Any]:
         for batch in ds.iter_batches(batch_size=cfg.insert_batch_size, batch_format="numpy"):
             keys = list(batch)
             num_written += store.upsert([{k: batch[k][i] for k in keys} for i in range(len(batch["id"]))])
+        store.flush()
     report = {
         "uri": cfg.store.uri,
         "collection": cfg.store.collection,
