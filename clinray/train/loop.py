@@ -146,6 +146,7 @@ def _step_metrics(
     peak = plan.get("peak_flops_per_device")
     metrics["mfu"] = tokens_per_s / world * plan["flops_per_token"] / peak if peak else None
     metrics["resumed_from"] = state.get("resumed_from")
+    metrics["num_threads"] = torch.get_num_threads()
     return metrics
 
 

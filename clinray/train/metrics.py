@@ -38,8 +38,18 @@ def flops_per_token(*, num_params: int, num_layers: int, hidden_size: int, seq_l
 
 
 def non_embedding_params(model) -> int:
-    """Parameters excluding the input embedding table (works on FSDP2 DTensors: global sizes)."""
-    return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+    """Active parameters per token, excluding the input embedding table (FSDP2 DTensors give global sizes).
+
+    For a mixture of experts (Mixtral), expert weights count with the routed fraction ``k / E``.
+    """
+    config = getattr(model, "config", None)
+    experts, routed = getattr(config, "num_local_experts", 0), getattr(config, "num_experts_per_tok", 0)
+    total = 0.0
+    for name, p in model.named_parameters():
+        if "embed_tokens" in name:
+            continue
+        total += p.numel() * (routed / experts if experts and ".experts." in name else 1.0)
+    return int(total)
 
 
 def peak_flops(device_name: str, dtype: str) -> float | None:
