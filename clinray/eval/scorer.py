@@ -3,15 +3,16 @@
 lm-eval's ``hf`` model scores each (prompt, option) pair as its own sequence, so a 5-option question
 runs the long prompt through the model 5 times. :class:`PrefixCachedLM` (registered in lm-eval as
 ``clinray``) is the ``hf`` model with one method replaced: requests are grouped by their tokenized
-context; each context is run once with ``use_cache=True``, its key/value cache is repeated across the
-options, and all options' continuations run as one right-padded batch on top of it. Tokenization,
-model loading, truncation and the returned ``(log-likelihood, is-greedy)`` pairs are those of ``hf``
-(same ``_encode_pair``, same softmax dtype), so the numbers agree to float rounding (tested to 1e-4).
+context; a batch of prompts runs once (right-padded, as in ``hf``) with ``use_cache=True``, each
+prompt's key/value cache is selected once per option, and all options' continuations run as one batch
+on top of it with explicit positions and a mask hiding the prompt padding. Tokenization, model
+loading, truncation and the returned ``(log-likelihood, is-greedy)`` pairs are those of ``hf`` (same
+``_encode_pair``, same softmax dtype), so the numbers agree to float rounding (tested to 1e-4).
 
-The trade-off: one question per forward pass (contexts of different lengths are not batched together,
-since left padding would shift positions and break equality with ``hf``), so the gain comes from not
-recomputing the prompt: about the number of options when prompts dominate, as in MedQA. Requests whose
-context plus continuation exceed the model's length fall back to ``hf``'s own code path.
+The trade-off: the cache is copied once per option (memory grows with options x prompt length, bounded
+by ``max_options_per_batch``) to save recomputing the prompt; the gain is about the number of options
+when prompts dominate, as in MedQA. Requests longer than the model's window (or its sliding window)
+take ``hf``'s own left-truncating code path.
 """
 
 from __future__ import annotations
@@ -57,59 +58,100 @@ class PrefixCachedLM(HFLM):
         for i, (_, context_enc, _) in enumerate(requests):
             groups[tuple(context_enc)].append(i)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
+        window = min(self.max_length + 1, getattr(self.model.config, "sliding_window", None) or 1 << 62)
+        fallback = [i for i, (_, ctx, cont) in enumerate(requests) if len(ctx) + len(cont) > window]
+        if fallback:  # hf truncates from the left: its own code path for these
+            answers = super()._loglikelihood_tokens([requests[i] for i in fallback], disable_tqdm=True)
+            for i, answer in zip(fallback, answers, strict=True):
+                results[i] = answer
+        skip = set(fallback)
+        todo = [(ctx, [i for i in idx if i not in skip]) for ctx, idx in groups.items()]
+        todo = sorted((t for t in todo if t[1]), key=lambda t: -len(t[0]))  # longest first, as hf
         pbar = tqdm(
-            total=len(requests),
-            disable=(disable_tqdm or self.rank != 0),
-            desc="Scoring options (prompt once)",
+            total=len(requests), disable=(disable_tqdm or self.rank != 0), desc="Scoring (prompt once)"
         )
-        for context, indices in groups.items():
-            too_long = [i for i in indices if len(context) + len(requests[i][2]) > self.max_length + 1]
-            if too_long:  # hf truncates from the left: use its code path for these
-                fallback = super()._loglikelihood_tokens([requests[i] for i in too_long], disable_tqdm=True)
-                for i, answer in zip(too_long, fallback, strict=True):
-                    results[i] = answer
-            short = [i for i in indices if i not in set(too_long)]
-            for start in range(0, len(short), self.max_options_per_batch):
-                chunk = short[start : start + self.max_options_per_batch]
-                answers = self._score_options(list(context), [requests[i][2] for i in chunk])
-                for i, answer in zip(chunk, answers, strict=True):
+        pbar.update(len(fallback))
+        for chunk in self._chunks(todo):
+            conts = [[requests[i][2] for i in idx] for _, idx in chunk]
+            answers = self._score_batch([list(ctx) for ctx, _ in chunk], conts)
+            for (_, idx), group_answers in zip(chunk, answers, strict=True):
+                for i, answer in zip(idx, group_answers, strict=True):
                     results[i] = answer
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-            pbar.update(len(indices))
+                pbar.update(len(idx))
         pbar.close()
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
+    def _chunks(self, todo: list[tuple[tuple[int, ...], list[int]]]):
+        """Batches of up to ``batch_size`` prompts and ``max_options_per_batch`` options."""
+        size = self.batch_size if isinstance(self.batch_size, int) else 8
+        chunk: list = []
+        num_options = 0
+        for item in todo:
+            if chunk and (len(chunk) >= size or num_options + len(item[1]) > self.max_options_per_batch):
+                yield chunk
+                chunk, num_options = [], 0
+            chunk.append(item)
+            num_options += len(item[1])
+        if chunk:
+            yield chunk
+
     @torch.no_grad()
-    def _score_options(self, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
-        """Log-likelihood and greedy flag of each continuation after ``context`` (prompt run once)."""
-        assert context and all(continuations), "empty context or continuation"
-        ctx = torch.tensor([context], dtype=torch.long, device=self.device)
-        out = self.model(ctx, use_cache=True)
-        self.num_prompt_passes += 1
-        first = F.log_softmax(out.logits[0, -1], dim=-1, dtype=self.softmax_dtype)  # predicts token 0
-        rest_len = max(len(c) for c in continuations) - 1
+    def _score_batch(self, contexts: list[list[int]], continuations: list[list[list[int]]]):
+        """Per prompt, the (log-likelihood, is-greedy) of each continuation; each prompt runs once.
+
+        Pass 1 runs the right-padded prompts (positions 0..len-1, as in ``hf``). Pass 2 runs every
+        option's continuation minus its last token on top of its own prompt's key/value cache, with
+        explicit positions and a mask that hides the prompt's padding.
+        """
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        lens = [len(c) for c in contexts]
+        width = max(lens)
+        ctx = torch.tensor(
+            [c + [pad] * (width - len(c)) for c in contexts], dtype=torch.long, device=self.device
+        )
+        ctx_mask = (
+            torch.arange(width, device=self.device)[None, :] < torch.tensor(lens, device=self.device)[:, None]
+        )
+        out = self.model(ctx, attention_mask=ctx_mask.long(), use_cache=True)
+        self.num_prompt_passes += len(contexts)
+        rows = torch.arange(len(contexts), device=self.device)
+        last = torch.tensor(lens, device=self.device) - 1
+        first = F.log_softmax(out.logits[rows, last], dim=-1, dtype=self.softmax_dtype)  # [P, vocab]
+        owner = [q for q, conts in enumerate(continuations) for _ in conts]
+        flat = [c for conts in continuations for c in conts]
+        rest_len = max(len(c) for c in flat) - 1
         rest = None
         if rest_len > 0:
             cache = out.past_key_values
-            cache.batch_repeat_interleave(len(continuations))
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            rows = [c[:-1] + [pad] * (rest_len - (len(c) - 1)) for c in continuations]
-            inp = torch.tensor(rows, dtype=torch.long, device=self.device)
-            mask = torch.ones((len(rows), len(context) + rest_len), dtype=torch.long, device=self.device)
-            logits = self.model(inp, past_key_values=cache, attention_mask=mask, use_cache=True).logits
-            rest = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # [B, rest_len, vocab]
-        answers = []
-        for j, cont in enumerate(continuations):
-            total = first[cont[0]].float()
-            greedy = bool(first.argmax() == cont[0])
+            cache.batch_select_indices(torch.tensor(owner, device=self.device))
+            inp = torch.tensor([c[:-1] + [pad] * (rest_len - len(c) + 1) for c in flat], device=self.device)
+            own_lens = torch.tensor([lens[q] for q in owner], device=self.device)
+            steps = torch.arange(rest_len, device=self.device)
+            mask = torch.cat(
+                [ctx_mask[owner], torch.ones((len(flat), rest_len), dtype=torch.bool, device=self.device)],
+                dim=1,
+            )
+            logits = self.model(
+                inp,
+                past_key_values=cache,
+                attention_mask=mask.long(),
+                position_ids=own_lens[:, None] + steps[None, :],
+                use_cache=True,
+            ).logits
+            rest = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # [N, rest_len, vocab]
+        answers: list[list[tuple[float, bool]]] = [[] for _ in contexts]
+        for j, (q, cont) in enumerate(zip(owner, flat, strict=True)):
+            total = first[q, cont[0]].float()
+            greedy = bool(first[q].argmax() == cont[0])
             if len(cont) > 1:
                 assert rest is not None
-                steps = rest[j, : len(cont) - 1]
+                scores = rest[j, : len(cont) - 1]
                 targets = torch.tensor(cont[1:], dtype=torch.long, device=self.device)
-                total = total + steps.gather(1, targets[:, None]).float().sum()
-                greedy = greedy and bool((steps.argmax(-1) == targets).all())
-            answers.append((float(total), greedy))
+                total = total + scores.gather(1, targets[:, None]).float().sum()
+                greedy = greedy and bool((scores.argmax(-1) == targets).all())
+            answers[q].append((float(total), greedy))
         return answers
 
 
