@@ -40,7 +40,10 @@ def _model(root: Path, questions: Path, *, quick: bool) -> Path:
     from clinray.models.tiny import TinyModelConfig, build_tiny_model
 
     shape = {} if quick else {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536}
-    return build_tiny_model(questions, root / "model", TinyModelConfig(**shape))
+    corpus = questions.parent / "corpus"  # the world's corpus, as the demo's tokenizer; else the questions
+    return build_tiny_model(
+        corpus if corpus.is_dir() else questions, root / "model", TinyModelConfig(**shape)
+    )
 
 
 def _requests(questions: Path, task: str, limit: int):
@@ -70,8 +73,13 @@ def main() -> None:
         "--hf-batch-size", type=int, default=8, help="lm-eval hf batch size (sequences per forward)"
     )
     p.add_argument("--task", default="clinray_medqa_5")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)"
+    )
     args = p.parse_args()
     import torch
+
+    torch.set_num_threads(args.threads)
     from lm_eval.models.huggingface import HFLM
 
     from clinray.eval.scorer import PrefixCachedLM

@@ -72,8 +72,33 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
+def run_medprompt(args: argparse.Namespace) -> int:
+    """Figure 3: each strategy's accuracy (likelihood after reasoning, and parsed-answer vote)."""
+    from clinray.config import load
+    from clinray.eval.medprompt_eval import MedpromptEvalConfig, run_medprompt_eval
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data_dir={args.data_dir}")
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    if args.model:
+        overrides.append(f"setup.engine.model={args.model[0].partition('=')[2] or args.model[0]}")
+    result = run_medprompt_eval(load(MedpromptEvalConfig, args.config, overrides))
+    print("| strategy | likelihood acc (%) | vote acc (%) | runs parsed (%) |\n|---|---:|---:|---:|")
+    for name, row in result["strategies"].items():
+        vote = "-" if row["vote"] is None else f"{100 * row['vote']:.1f}"
+        parsed = "-" if row["parse_rate"] is None else f"{100 * row['parse_rate']:.0f}"
+        print(f"| {name} | {100 * row['likelihood']:.1f} | {vote} | {parsed} |")
+    print(f"results: {result['json']}  chart: {result['png']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import ray
+
+    if args.medprompt:
+        return run_medprompt(args)
 
     from clinray.eval.harness import run_eval
     from clinray.eval.sweep import run_sweep
