@@ -232,3 +232,77 @@ def test_fast_scorer_matches_hf_loglikelihoods(data_dir, small_model):
     ref_short = HFLM(**short).loglikelihood(requests[:5], disable_tqdm=True)
     ours_short = PrefixCachedLM(**short).loglikelihood(requests[:5], disable_tqdm=True)
     assert max(abs(a[0] - b[0]) for a, b in zip(ref_short, ours_short, strict=True)) < 1e-4
+
+
+def test_medprompt_vote_reads_parsed_answers_back_through_the_permutation():
+    from clinray.eval.medprompt_eval import _vote
+    from clinray.prompting.medprompt import MedpromptAnswer, RunRecord
+
+    def run(completion, perm):
+        return RunRecord(
+            prompt="p",
+            completion=completion,
+            permutation=perm,
+            example_ids=[],
+            parsed=None,
+            parse_form="answer_mode=score",
+            method="scored",
+            mapped_back=0,
+        )
+
+    options = ["Alpha", "Beta", "Gamma"]
+    runs = [
+        run("Therefore, the correct answer is: Beta", [0, 1, 2]),
+        run("Therefore, the correct answer is: Beta", [2, 1, 0]),
+        run("no idea", [1, 0, 2]),
+    ]
+    answer = MedpromptAnswer(
+        answer_index=0, answer_text="Alpha", confidence=1.0, votes={0: 3}, strategy="cot_ensemble", runs=runs
+    )
+    assert _vote(answer, options) == (1, 2)  # two parsed runs vote Beta; the third abstains
+    assert _vote(
+        MedpromptAnswer(
+            answer_index=0,
+            answer_text="Alpha",
+            confidence=1.0,
+            votes={},
+            strategy="zero_shot_cot",
+            runs=[runs[2]],
+        ),
+        options,
+    ) == (None, 0)
+
+
+def test_medprompt_eval_scores_after_generated_reasoning(data_dir, small_model, tmp_path):
+    from clinray.config import load
+    from clinray.eval.medprompt_eval import MedpromptEvalConfig, run_medprompt_eval
+
+    cfg = load(
+        MedpromptEvalConfig,
+        None,
+        {
+            "setup": {
+                "engine": {"kind": "transformers", "model": str(small_model), "device": "cpu"},
+                "medprompt": {"max_new_tokens": 6},
+                "use_store": False,
+            },
+            "strategies": ["zero_shot_cot"],
+            "data_dir": str(data_dir),
+            "limit": 3,
+            "out_dir": str(tmp_path),
+        },
+    )
+    result = run_medprompt_eval(cfg)
+    rows = result["strategies"]
+    assert set(rows) == {"zero_shot", "zero_shot_cot"} and result["num_questions"] == 3
+    assert (
+        0.0 <= rows["zero_shot_cot"]["likelihood"] <= 1.0
+        and 0.0 <= rows["zero_shot_cot"]["parse_rate"] <= 1.0
+    )
+    lines = [json.loads(x) for x in (tmp_path / "medprompt_samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(
+        len(x["completions"]) == 1 for x in lines if x["strategy"] == "zero_shot_cot"
+    )
+    assert result["png"].read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="strategies"):
+        load(MedpromptEvalConfig, None, {"strategies": ["magic"]})
