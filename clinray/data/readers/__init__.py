@@ -89,6 +89,10 @@ class ReadersConfig:
     """Main-content extractor for HTML (see ``clinray.data.readers.html``)."""
     jats_captions: bool = False
     """JATS: append figure and table captions after the body."""
+    compute: Literal["tasks", "actors"] = "tasks"
+    """``tasks``: parsers run as Ray tasks, fused with the row stages that follow (no extra processes,
+    least overhead); ``actors``: a pool of long-lived parser actors (pays off when parser set-up is
+    heavy, e.g. a model-based extractor)."""
 
     def __post_init__(self):
         if self.concurrency < 1 or self.files_per_batch < 1:
@@ -199,10 +203,17 @@ def read_documents(inputs: list[InputSpec], cfg: ReadersConfig, *, root: str | o
         raise ValueError(f"no input files matched {globs}; check input_root and the inputs' globs")
     num_blocks = max(1, min(len(files), 1000, -(-len(files) // cfg.files_per_batch)))
     ds = ray.data.from_items(files, override_num_blocks=num_blocks)
+    if cfg.compute == "actors":
+        return ds.map_batches(
+            ParseFiles,
+            fn_constructor_kwargs={"inputs": inputs, "cfg": cfg, "sink_root": str(sink_root)},
+            batch_size=cfg.files_per_batch,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+        )
     return ds.map_batches(
-        ParseFiles,
-        fn_constructor_kwargs={"inputs": inputs, "cfg": cfg, "sink_root": str(sink_root)},
+        ParseFiles(inputs, cfg, sink_root=str(sink_root)),
         batch_size=cfg.files_per_batch,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+        compute=ray.data.TaskPoolStrategy(size=cfg.concurrency),
     )
