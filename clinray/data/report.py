@@ -45,7 +45,7 @@ def _funnel_png(stats: dict[str, StageStats], path: Path) -> Path:
     names = list(stats)
     kept = [stats[n].num_rows_out for n in names]
     dropped = [stats[n].num_dropped for n in names]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 2))
     y = range(len(names))[::-1]
     ax.barh(list(y), kept, color="#2b8cbe", label="kept")
     ax.barh(list(y), dropped, left=kept, color="#e34a33", label="dropped")
@@ -55,7 +55,7 @@ def _funnel_png(stats: dict[str, StageStats], path: Path) -> Path:
     ax.set_xlabel("documents")
     ax.set_title("Curation funnel")
     ax.set_xlim(0, max([k + d for k, d in zip(kept, dropped)] + [1]) * 1.45)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
