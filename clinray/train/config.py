@@ -121,6 +121,8 @@ class TrainSection:
     """Save a sharded DCP checkpoint every this many steps (and at the end); 0: only at the end."""
     hf_export_every: int = 0
     """Export an HF folder to <run>/hf/step_<N> every this many steps; 0: only <run>/hf/final."""
+    save_final: bool = True
+    """Checkpoint and export <run>/hf/final at the end (benchmarks turn it off to time training alone)."""
     fail_at_step: int = -1
     """Testing knob: rank 1 exits once after this step's checkpoint (guarded by a marker in the run dir)."""
 

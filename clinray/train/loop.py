@@ -235,10 +235,11 @@ def train_loop_per_worker(config: dict) -> None:
             num_batches=position.num_batches,
         )
         out_of_time = cfg.train.max_time_s > 0 and time.perf_counter() - start > cfg.train.max_time_s
-        last = step == total_steps or _agree(out_of_time, device)
+        last = step == total_steps or (cfg.train.max_time_s > 0 and _agree(out_of_time, device))
         every = cfg.train.checkpoint_every
-        save = last or (every > 0 and step % every == 0)
-        if not (save or step % cfg.train.log_every == 0):
+        final = last and cfg.train.save_final
+        save = final or (every > 0 and step % every == 0)
+        if not (save or last or step % cfg.train.log_every == 0):
             continue
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -254,6 +255,7 @@ def train_loop_per_worker(config: dict) -> None:
             plan=plan,
             world=world,
         )
+        metrics["elapsed_s"] = now - start  # since this worker started training (wall clock, all included)
         last_log, tokens_since_log = now, 0
         if writer is not None:
             writer.write(metrics)
@@ -268,7 +270,7 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(metrics)
         export_every = cfg.train.hf_export_every
-        if last or (export_every > 0 and step % export_every == 0):
+        if final or (export_every > 0 and step % export_every == 0):
             meta = {"step": step, "tokens_seen": state["tokens_seen"], "source_run": str(run_dir)}
             export_hf(
                 model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank
@@ -278,7 +280,7 @@ def train_loop_per_worker(config: dict) -> None:
         if last:
             break
         last_log = time.perf_counter()  # exclude reporting, checkpoints and exports from tokens/s
-    if last and rank == 0:
+    if last and cfg.train.save_final and rank == 0:
         _finalize(run_dir, step)
     if writer is not None:
         writer.close()
