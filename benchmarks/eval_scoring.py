@@ -4,7 +4,7 @@ Both score the same lm-eval requests (the tiny world's 5-option MedQA questions,
 likelihood, built once by lm-eval from clinray's task YAML) in the same process, alternating, best of
 ``--repeats``; the log-likelihoods are compared too, so a speed-up that changed the numbers would show.
 The model is a random Mistral built from config (``--quick``: the demo's 1M-parameter model; full: a
-~30M-parameter one, where the prompt's compute dominates as it does for a 7B model). Target: ``ratio``
+~10M-parameter one, where the prompt's compute dominates as it does for a 7B model). Target: ``ratio``
 (clinray questions/s over hf questions/s) >= 2.
 """
 
@@ -39,7 +39,7 @@ def _questions(root: Path, num_questions: int) -> Path:
 def _model(root: Path, questions: Path, *, quick: bool) -> Path:
     from clinray.models.tiny import TinyModelConfig, build_tiny_model
 
-    shape = {} if quick else {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536}
+    shape = {} if quick else {"hidden_size": 384, "num_layers": 6, "num_heads": 6, "intermediate_size": 1024}
     corpus = questions.parent / "corpus"  # the world's corpus, as the demo's tokenizer; else the questions
     return build_tiny_model(
         corpus if corpus.is_dir() else questions, root / "model", TinyModelConfig(**shape)
@@ -68,7 +68,9 @@ def _time(lm, requests) -> tuple[float, float, list]:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--repeats", type=int, default=0, help="timed passes per scorer (default: 3 quick, 2 full)"
+    )
     p.add_argument(
         "--hf-batch-size", type=int, default=8, help="lm-eval hf batch size (sequences per forward)"
     )
@@ -86,6 +88,7 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     limit = 60 if args.quick else None
+    args.repeats = args.repeats or (3 if args.quick else 2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         questions = _questions(root, num_questions=100)

@@ -68,6 +68,12 @@ def build_config(args: argparse.Namespace):
         merged = to_dict(cfg)
         merged["models"] = {**merged["models"], **extra.pop("models", {})}
         merged["sweep"] = {**merged["sweep"], **extra.pop("sweep", {})}
+        if "tasks" in extra:  # --task replaces the tasks: keep only the merged columns that still apply
+            merges = {
+                name: [t for t in members if t in extra["tasks"]]
+                for name, members in merged["merge_columns"].items()
+            }
+            merged["merge_columns"] = {name: members for name, members in merges.items() if members}
         cfg = from_dict(EvalConfig, {**merged, **extra})
     return cfg
 

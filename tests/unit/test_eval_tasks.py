@@ -306,3 +306,35 @@ def test_medprompt_eval_scores_after_generated_reasoning(data_dir, small_model, 
     assert result["png"].read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="strategies"):
         load(MedpromptEvalConfig, None, {"strategies": ["magic"]})
+
+
+def test_cli_flags_build_the_config():
+    import argparse
+
+    from clinray.commands import eval as eval_cmd
+
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--config",
+            "configs/tiny/eval.yaml",
+            "--model",
+            "a=/m/a",
+            "--model",
+            "b=/m/b",
+            "--task",
+            "clinray_medqa_4",
+            "--data-dir",
+            "/q",
+            "--sweep",
+            "/run",
+            "--set",
+            "limit=5",
+        ]
+    )
+    cfg = eval_cmd.build_config(args)
+    assert cfg.models == {"a": "/m/a", "b": "/m/b"} and cfg.tasks == ["clinray_medqa_4"]
+    assert (cfg.data_dir, cfg.limit, cfg.sweep.pretrain_run) == ("/q", 5, "/run")
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        eval_cmd.build_config(parser.parse_args(["--model", "nopath"]))
