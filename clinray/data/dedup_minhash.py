@@ -35,7 +35,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from ray.data import ActorPoolStrategy
 
 from clinray.data.stage import DETAIL, REASON, Accountant, batch_key, table_rows
 from clinray.data.text import shingles
@@ -91,7 +90,7 @@ class MinHashConfig:
     """Which copy of a cluster is kept: first listed source wins, then the longest text, then the smallest id."""
     num_partitions: int = 8
     """Partitions of the band-key shuffle."""
-    batch_size: int = 256
+    batch_size: int = 512
     """Documents per signature batch."""
 
     def __post_init__(self):
@@ -184,7 +183,8 @@ class Signer:
         m.update_batch([s.encode("utf-8") for s in shingles(text, self.cfg.ngram)])
         return m.hashvalues
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def band_rows(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """One row per (document, band): ``band_key``, ``doc_id``, ``source_rank``, ``num_chars``, ``part``."""
         cfg, out = self.cfg, {"band_key": [], "doc_id": [], "source_rank": [], "num_chars": []}
         for doc_id, text, source in zip(batch["id"], batch["text"], batch["source"]):
             sig = self.signature(text)
@@ -198,10 +198,77 @@ class Signer:
                 out["num_chars"].append(n)
         df = pd.DataFrame(out)
         df["band_key"] = df["band_key"].astype(np.int64)
-        df["part"] = (df["band_key"].to_numpy().view(np.uint64) % np.uint64(cfg.num_partitions)).astype(
-            np.int64
-        )
+        keys = df["band_key"].to_numpy().view(np.uint64)
+        df["part"] = (keys % np.uint64(cfg.num_partitions)).astype(np.int64)
         return df
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Band rows combined per shuffle partition: one row per partition, its columns as lists.
+
+        The shuffle then moves ``num_batches x num_partitions`` rows instead of ``num_docs x bands``.
+        """
+        rows = self.band_rows(batch)
+        packed = {"part": [], "band_key": [], "doc_id": [], "source_rank": [], "num_chars": []}
+        for part, group in rows.groupby("part", sort=True):
+            packed["part"].append(int(part))
+            for col in ("band_key", "doc_id", "source_rank", "num_chars"):
+                packed[col].append(group[col].to_numpy())
+        return pd.DataFrame(packed)
+
+
+_SIGNERS: dict = {}
+
+
+def sign_batch(batch: pd.DataFrame, cfg: MinHashConfig) -> pd.DataFrame:
+    """Ray Data task UDF: :class:`Signer` (cached per worker process, no actor start-up) on one batch."""
+    key = (
+        cfg.num_perm,
+        cfg.seed,
+        cfg.bands,
+        cfg.rows,
+        cfg.ngram,
+        cfg.num_partitions,
+        tuple(cfg.source_priority),
+    )
+    if key not in _SIGNERS:
+        _SIGNERS[key] = Signer(cfg)
+    return _SIGNERS[key](batch)
+
+
+def _split_by_part(block: pd.DataFrame, num_partitions: int) -> list[pd.DataFrame]:
+    return [block[block["part"] == p] for p in range(num_partitions)]
+
+
+def shuffle_to_edges(bands, num_partitions: int) -> pd.DataFrame:
+    """Hash-partitioned shuffle of the combined band rows with Ray tasks, then star edges per partition.
+
+    Map: each block is split by ``part`` (``band_key % num_partitions``) into ``num_partitions`` pieces;
+    reduce: one task per partition gathers its piece of every block and emits that partition's edges.
+    Plain tasks (not Ray Data's shuffle actors) because the combined rows are few: the shuffle moves
+    ``num_blocks x num_partitions`` small rows, and tasks reuse the signature pass's warm workers.
+    """
+    import ray
+
+    split = ray.remote(num_returns=num_partitions)(_split_by_part) if num_partitions > 1 else None
+    reduce = ray.remote(lambda *pieces: edges_from_packed(pd.concat(pieces, ignore_index=True)))
+    blocks = bands.to_pandas_refs()
+    if split is None:
+        pieces = [[b] for b in blocks]
+    else:
+        pieces = [split.remote(b, num_partitions) for b in blocks]
+    per_part = [[p[i] for p in pieces] for i in range(num_partitions)] if pieces else []
+    results = ray.get([reduce.remote(*refs) for refs in per_part])
+    edges = pd.concat(results, ignore_index=True) if results else edges_from_partition(pd.DataFrame())
+    return edges
+
+
+def edges_from_packed(group: pd.DataFrame) -> pd.DataFrame:
+    """One shuffle partition of combined band rows -> star edges (see :func:`edges_from_partition`)."""
+    flat = {
+        col: np.concatenate(list(group[col])) if len(group) else []
+        for col in ("band_key", "doc_id", "source_rank", "num_chars")
+    }
+    return edges_from_partition(pd.DataFrame(flat))
 
 
 def edges_from_partition(rows: pd.DataFrame) -> pd.DataFrame:
@@ -335,16 +402,9 @@ def find_clusters(ds, cfg: MinHashConfig) -> tuple[pd.DataFrame, dict]:
     """Signatures -> bucket shuffle -> (verified) edges -> clusters; returns (clusters, stats)."""
     cfg.warn_if_off_threshold()
     bands = ds.select_columns(["id", "text", "source"]).map_batches(
-        Signer,
-        fn_constructor_args=(cfg,),
-        batch_format="pandas",
-        batch_size=cfg.batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=8),
+        sign_batch, fn_args=(cfg,), batch_format="pandas", batch_size=cfg.batch_size
     )
-    edges_ds = bands.groupby("part", num_partitions=cfg.num_partitions).map_groups(
-        edges_from_partition, batch_format="pandas"
-    )
-    edges = edges_ds.to_pandas()
+    edges = shuffle_to_edges(bands, cfg.num_partitions)
     if not edges.empty:
         edges = edges.drop_duplicates(subset=["a", "b"]).reset_index(drop=True)
     num_candidates = len(edges)

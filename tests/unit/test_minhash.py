@@ -94,7 +94,7 @@ def _plain_docs(world_dir, manifest) -> pd.DataFrame:
 def test_world_near_duplicates_precision_recall(world_dir, world_manifest):
     docs = _plain_docs(world_dir, world_manifest)
     cfg = MinHashConfig()
-    edges = edges_from_partition(Signer(cfg)(docs))
+    edges = edges_from_partition(Signer(cfg).band_rows(docs))
     table = {i: shingle_hashes(t, cfg.ngram) for i, t in zip(docs["id"], docs["text"])}
     clusters = clusters_from_edges(filter_edges(edges, table, threshold=cfg.threshold))
     cluster_of = dict(zip(clusters["doc_id"], clusters["cluster_id"]))
