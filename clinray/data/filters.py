@@ -17,7 +17,6 @@ import re
 from typing import Literal
 
 from clinray.data.stage import Filter
-from clinray.data.text import word_tokens
 
 PII_KINDS = ("email", "phone", "ssn", "mrn", "dob")
 
@@ -70,6 +69,20 @@ class PIIFilterConfig:
             raise ValueError(f"pii.kinds has unknown kinds {unknown}; choose among {list(PII_KINDS)}")
 
 
+_WORD = re.compile(r"\w+")
+
+
+def count_words(text: str, *, at_least: int | None = None) -> int:
+    """Number of ``\\w+`` words (as :func:`clinray.data.text.word_tokens` counts them); stops counting
+    once ``at_least`` is reached, so long documents cost no more than short ones."""
+    n = 0
+    for _ in _WORD.finditer(text):
+        n += 1
+        if at_least is not None and n >= at_least:
+            break
+    return n
+
+
 class LengthFilter(Filter):
     """Drop documents under ``min_words`` words or ``min_chars`` characters."""
 
@@ -83,7 +96,7 @@ class LengthFilter(Filter):
         text = row.get("text") or ""
         if self.cfg.min_chars and len(text) < self.cfg.min_chars:
             return False, "too_few_chars"
-        if self.cfg.min_words and len(word_tokens(text)) < self.cfg.min_words:
+        if self.cfg.min_words and count_words(text, at_least=self.cfg.min_words) < self.cfg.min_words:
             return False, "too_few_words"
         return True, None
 

@@ -26,7 +26,7 @@ from clinray.data.dedup_substring import SubstringConfig, stage_name, substring_
 from clinray.data.filters import LengthFilter, LengthFilterConfig, PIIFilter, PIIFilterConfig
 from clinray.data.normalize import Normalize, NormalizeConfig
 from clinray.data.readers import InputSpec, ReadersConfig, read_documents
-from clinray.data.stage import DETAIL, REASON, StageStats, collect_stats
+from clinray.data.stage import DETAIL, REASON, RowStage, RowStageChain, StageStats, collect_stats
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -98,11 +98,35 @@ StageFn = Callable[..., object]  # (ray.data.Dataset, PipelineContext) -> ray.da
 
 
 def _row_stage(cls, cfg_attr: str) -> StageFn:
-    def apply(ds, ctx: PipelineContext):
-        stage = cls(getattr(ctx.cfg, cfg_attr), sink_root=ctx.sink_root)
-        return ds.map_batches(stage, batch_size=None, batch_format="pyarrow", zero_copy_batch=False)
+    """A stage function for a per-row stage; consecutive ones are chained into one UDF by
+    :func:`_apply_stages` (``apply.make`` builds the stage)."""
 
+    def make(ctx: PipelineContext) -> RowStage:
+        return cls(getattr(ctx.cfg, cfg_attr), sink_root=ctx.sink_root)
+
+    def apply(ds, ctx: PipelineContext):
+        return ds.map_batches(make(ctx), batch_size=None, batch_format="pyarrow", zero_copy_batch=False)
+
+    apply.make = make
     return apply
+
+
+def _apply_stages(ds, stages: list[tuple[str, StageFn]], ctx: PipelineContext):
+    """Apply the stage functions in order, running each run of consecutive row stages as one chain."""
+    chain: list[RowStage] = []
+    for _name, fn in [*stages, ("", None)]:
+        make = getattr(fn, "make", None)
+        if make is not None:
+            chain.append(make(ctx))
+            continue
+        if chain:
+            ds = ds.map_batches(
+                RowStageChain(chain), batch_size=None, batch_format="pyarrow", zero_copy_batch=False
+            )
+            chain = []
+        if fn is not None:
+            ds = fn(ds, ctx)
+    return ds
 
 
 def _exact_dedup(ds, ctx: PipelineContext):
@@ -206,8 +230,7 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
     start = time.time()
     ds = read_documents(cfg.inputs, cfg.readers, root=cfg.input_root, sink_root=ctx.sink_root)
     stages = build_stages(cfg)
-    for _name, fn in stages:
-        ds = fn(ds, ctx)
+    ds = _apply_stages(ds, stages, ctx)
     docs_dir = out / "docs"
     ds = ds.drop_columns([REASON, DETAIL])
     ds.write_parquet(

@@ -180,7 +180,11 @@ class Accountant:
         self.stage = stage
         self.sink = AccountingSink(sink_root)
 
-    def account(
+    def account(self, rows: list[dict], **kwargs) -> pa.Table:
+        """:meth:`account_rows`, returning the kept rows as a working-schema table."""
+        return rows_to_table(self.account_rows(rows, **kwargs))
+
+    def account_rows(
         self,
         rows: list[dict],
         *,
@@ -189,8 +193,8 @@ class Accountant:
         num_rows_in: int | None = None,
         num_bytes_in: int | None = None,
         extra: dict[str, int] | None = None,
-    ) -> pa.Table:
-        """Write the rejects and stats of one batch; return its kept rows in the working schema.
+    ) -> list[dict]:
+        """Write the rejects and stats of one batch; return its kept rows.
 
         Args:
             rows: The batch's rows after this stage, kept and marked alike.
@@ -227,7 +231,7 @@ class Accountant:
             extra=dict(extra or {}),
         )
         self.sink.write(stats, rejects, key=key)
-        return rows_to_table(kept)
+        return kept
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:
@@ -270,14 +274,14 @@ class RowStage:
         """Return the row, possibly modified; set ``row["_reason"]`` to drop it."""
         return row
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def run_rows(self, rows: list[dict]) -> list[dict]:
+        """Process and account one batch of rows; return the kept rows."""
         start = time.time()
-        rows = table_rows(batch)
         key = batch_key(rows)
         num_bytes_in = sum(text_bytes(r.get("text")) for r in rows)
         self.counters = Counter()
         out = [self.process(row) for row in rows]
-        return self.accountant.account(
+        return self.accountant.account_rows(
             out,
             key=key,
             start=start,
@@ -285,6 +289,26 @@ class RowStage:
             num_bytes_in=num_bytes_in,
             extra=dict(self.counters),
         )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return rows_to_table(self.run_rows(table_rows(batch)))
+
+
+class RowStageChain:
+    """Several :class:`RowStage` s run back to back on one batch, each with its own accounting.
+
+    Same counts and rejects as separate ``map_batches`` calls, without converting the batch between
+    Arrow and Python rows at every stage (the pipeline chains consecutive row stages this way).
+    """
+
+    def __init__(self, stages: list[RowStage]):
+        self.stages = list(stages)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = table_rows(batch)
+        for stage in self.stages:
+            rows = stage.run_rows(rows)
+        return rows_to_table(rows)
 
 
 class Filter(RowStage):

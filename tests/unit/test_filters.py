@@ -188,3 +188,25 @@ def test_recipes_load_and_bad_values_are_explained():
     with pytest.raises(ConfigError, match="did you mean 'min_words'"):
         load(CurateConfig, ROOT / "configs/tiny/curate.yaml", ["length.min_word=3"])
     assert json.loads(json.dumps(tiny.exact_dedup.source_priority))[0] == "pmc"
+
+
+def test_chained_row_stages_account_like_separate_ones(tmp_path):
+    from clinray.data.stage import RowStageChain
+
+    texts = ("  " + WORDS + "  ", "\x00\x01", "tiny text", WORDS + " &amp;")
+    separate = tmp_path / "sep"
+    mid = Normalize(NormalizeConfig(), sink_root=separate)(batch(*texts))
+    out_sep = LengthFilter(LengthFilterConfig(min_words=20), sink_root=separate)(mid)
+    chained = tmp_path / "chain"
+    stages = [
+        Normalize(NormalizeConfig(), sink_root=chained),
+        LengthFilter(LengthFilterConfig(), sink_root=chained),
+    ]
+    out_chain = RowStageChain(stages)(batch(*texts))
+    assert out_chain.equals(out_sep) and out_chain.column("text").to_pylist()[1] == WORDS + " &"
+    sep_stats, chain_stats = collect_stats(separate), collect_stats(chained)
+    for name in ("normalize", "length_filter"):
+        a, b = sep_stats[name].to_dict(), chain_stats[name].to_dict()
+        for key in ("num_rows_in", "num_rows_out", "num_bytes_in", "num_bytes_out", "dropped"):
+            assert a[key] == b[key], (name, key)
+    assert read_rejects(chained).num_rows == read_rejects(separate).num_rows == 2

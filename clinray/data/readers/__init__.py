@@ -79,8 +79,12 @@ class ReadersConfig:
 
     concurrency: int = 2
     """Parser actors (each parses whole files; one CPU each)."""
-    files_per_batch: int = 4
-    """Files handed to a parser per call (larger = fewer, bigger blocks)."""
+    files_per_batch: int = 0
+    """Files handed to a parser per call; 0 = automatic: about ``block_mb`` of input per call, and at
+    least ``4 x concurrency`` calls. Each call is a Ray task with fixed costs (scheduling, a stats file per
+    stage), so thousands of tiny calls are much slower than a few hundred larger ones."""
+    block_mb: float = 16.0
+    """Automatic batching: target input megabytes per parser call."""
     max_line_bytes: int = 8_000_000
     """JSONL and text: a longer line is a ``line_too_long`` reject (read in chunks, never whole)."""
     max_file_bytes: int = 512_000_000
@@ -95,8 +99,10 @@ class ReadersConfig:
     heavy, e.g. a model-based extractor)."""
 
     def __post_init__(self):
-        if self.concurrency < 1 or self.files_per_batch < 1:
-            raise ValueError("readers.concurrency and readers.files_per_batch must be >= 1")
+        if self.concurrency < 1 or self.files_per_batch < 0 or self.block_mb <= 0:
+            raise ValueError(
+                "readers.concurrency must be >= 1, readers.files_per_batch >= 0 (0 = automatic), block_mb > 0"
+            )
         if self.max_line_bytes < 1024 or self.max_file_bytes < 1024:
             raise ValueError("readers.max_line_bytes and readers.max_file_bytes must be >= 1024")
 
@@ -193,6 +199,13 @@ class ParseFiles:
         )
 
 
+def files_per_call(files: list[dict], cfg: ReadersConfig) -> int:
+    """Automatic batching: about ``block_mb`` per call, at least 4 calls per parser, 1 to 10,000 files each."""
+    total_mb = sum(f["size"] for f in files) / 1e6
+    num_calls = max(4 * cfg.concurrency, int(total_mb / cfg.block_mb) + 1)
+    return max(1, min(10_000, -(-len(files) // num_calls)))
+
+
 def read_documents(inputs: list[InputSpec], cfg: ReadersConfig, *, root: str | os.PathLike, sink_root: str):
     """The ``parse`` stage: a lazy Ray Dataset of working-schema document rows from ``inputs``."""
     import ray
@@ -201,19 +214,20 @@ def read_documents(inputs: list[InputSpec], cfg: ReadersConfig, *, root: str | o
     if not files:
         globs = [os.path.join(str(root), s.glob) for s in inputs]
         raise ValueError(f"no input files matched {globs}; check input_root and the inputs' globs")
-    num_blocks = max(1, min(len(files), 1000, -(-len(files) // cfg.files_per_batch)))
+    per_batch = cfg.files_per_batch or files_per_call(files, cfg)
+    num_blocks = max(1, -(-len(files) // per_batch))
     ds = ray.data.from_items(files, override_num_blocks=num_blocks)
     if cfg.compute == "actors":
         return ds.map_batches(
             ParseFiles,
             fn_constructor_kwargs={"inputs": inputs, "cfg": cfg, "sink_root": str(sink_root)},
-            batch_size=cfg.files_per_batch,
+            batch_size=per_batch,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
         )
     return ds.map_batches(
         ParseFiles(inputs, cfg, sink_root=str(sink_root)),
-        batch_size=cfg.files_per_batch,
+        batch_size=per_batch,
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=cfg.concurrency),
     )
