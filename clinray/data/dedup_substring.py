@@ -35,7 +35,7 @@ from clinray.data.text import normalize_text, word_tokens
 
 SEPARATOR = 0xFF
 #: Rough peak bytes of working memory per byte of shard text (see the module docstring).
-MEMORY_BYTES_PER_INPUT_BYTE = 40
+MEMORY_BYTES_PER_INPUT_BYTE = 16
 
 
 @dataclass(kw_only=True, slots=True)
@@ -49,7 +49,7 @@ class SubstringConfig:
     mode: Literal["keep_first", "remove_all"] = "keep_first"
     """``keep_first``: the copy in the document whose id sorts first stays; ``remove_all``: every copy goes."""
     shard_bytes: int = 256 * 1024 * 1024
-    """Most text bytes per suffix-array shard (peak memory is about 40x this per task)."""
+    """Most text bytes per suffix-array shard (peak memory is about 16x this per task)."""
     min_words_after: int = 1
     """A document left with fewer words after removal is dropped (reason ``substring_emptied``)."""
 
@@ -105,21 +105,38 @@ def repeat_mask(data: np.ndarray, *, min_len: int, keep_first: bool = True) -> n
     else:
         marked = pos[clean]
     diff = np.zeros(n + 1, dtype=np.int32)
-    np.add.at(diff, marked, 1)
-    np.add.at(diff, marked + min_len, -1)
-    cover = np.cumsum(diff[:n]) > 0
+    diff[marked] += 1  # suffix positions are unique, so plain fancy indexing adds once per position
+    diff[marked + min_len] -= 1
+    cover = np.cumsum(diff[:n], dtype=np.int32) > 0
     return snap_to_characters(data, cover)
 
 
 def snap_to_characters(data: np.ndarray, cover: np.ndarray) -> np.ndarray:
-    """Shrink a byte mask so it covers only whole UTF-8 characters (never half of a multi-byte one)."""
-    char_start = (data & 0xC0) != 0x80
-    firsts = np.flatnonzero(char_start)
-    if firsts.size == 0:
-        return np.zeros_like(cover)
-    whole = np.minimum.reduceat(cover.astype(np.uint8), firsts).astype(bool)
-    char_id = np.cumsum(char_start) - 1
-    return whole[char_id] & (char_id >= 0)
+    """Shrink a byte mask so it covers only whole UTF-8 characters (never half of a multi-byte one).
+
+    Works on the runs of the mask only: a run starting on a continuation byte starts at the next
+    character instead, and one ending inside a character ends before it.
+    """
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], cover, [False]]).astype(np.int8)))
+    starts, ends = edges[::2], edges[1::2]
+    if starts.size == 0:
+        return cover
+    cont = (data & 0xC0) == 0x80
+    cover = cover.copy()
+    for s, e in zip(starts[cont[starts]], ends[cont[starts]]):  # rare: only runs that start mid-character
+        k = s
+        while k < e and cont[k]:
+            k += 1
+        cover[s:k] = False
+    inside = ends < len(data)
+    for e in ends[inside][cont[ends[inside]]]:  # the character straddling the run's end stays whole
+        k = e - 1
+        while k >= 0 and cover[k] and cont[k]:
+            cover[k] = False
+            k -= 1
+        if k >= 0 and cover[k]:
+            cover[k] = False  # the lead byte of the straddling character
+    return cover
 
 
 def remove_repeats(texts: list[str], *, min_len: int, keep_first: bool = True) -> tuple[list[str], list[int]]:
