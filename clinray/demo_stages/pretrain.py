@@ -46,10 +46,13 @@ def run(ctx: DemoContext) -> StageResult:
     )
     summary = run_pretrain(cfg)
     first, last = summary["first"], summary["last"]
+    capped = last["step"] < summary["total_steps"]
     notes = [
-        f"Token blocks from the {origin}. {summary['total_steps']} steps of {cfg.train.global_batch_tokens} tokens "
-        f"(accumulation {summary['grad_accum']}), warm-up {cfg.optim.warmup_fraction:.0%} then cosine; "
-        f"metrics in `{summary['run_dir']}/metrics.jsonl` and TensorBoard.",
+        f"Token blocks from the {origin}. {last['step']} of {summary['total_steps']} planned steps of "
+        f"{cfg.train.global_batch_tokens} tokens (accumulation {summary['grad_accum']}), warm-up "
+        f"{cfg.optim.warmup_fraction:.0%} then cosine"
+        + (f"; stopped by the {cfg.train.max_time_s:.0f} s safety cap (slow machine)" if capped else "")
+        + f". Metrics: `{summary['run_dir']}/metrics.jsonl` and TensorBoard.",
     ]
     fmt = lambda v: round(v, 3) if isinstance(v, float) else v  # noqa: E731
     return StageResult(

@@ -75,6 +75,7 @@ def test_two_worker_fsdp_lowers_clinical_loss(uninterrupted):
     last = sum(r["loss_clinical"] for r in rows[-2:]) / 2
     assert last < first - 0.5, f"clinical loss did not drop: {first:.3f} -> {last:.3f}"
     assert rows[-1]["tokens_seen"] == NUM_STEPS * 1024
+    assert rows[0]["lr"] == pytest.approx(0.1 * 3e-3)  # the loop follows the schedule: warm-up from 0.1 x max
     final = Path(summary["hf_final"])
     meta = json.loads((final / "clinray_meta.json").read_text())
     assert meta["step"] == NUM_STEPS and meta["tokens_seen"] == NUM_STEPS * 1024
