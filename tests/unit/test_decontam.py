@@ -66,3 +66,14 @@ def test_missing_benchmark_file_is_an_actionable_error(tmp_path):
         DecontamConfig(benchmarks=["gsm8k"])
     with pytest.raises(ValueError, match="questions_root"):
         ContaminationIndex.build(DecontamConfig())
+
+
+def test_sft_samples_get_a_contamination_column(world_dir, index):
+    import pandas as pd
+
+    from clinray.data.decontaminate import contamination_column, load_questions
+
+    qid, stem = load_questions(world_dir / "questions", "medqa")[0]
+    batch = pd.DataFrame({"prompter": [stem, "What is a cell?"], "assistant": ["Answer.", None]})
+    out = contamination_column(batch, index=index, columns=["prompter", "assistant"])
+    assert qid in out["contamination"][0] and out["contamination"][1] == ""

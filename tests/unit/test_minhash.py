@@ -27,13 +27,21 @@ def test_default_parameters_follow_datasketch_for_085():
     assert 1 - (1 - s**cfg.rows) ** cfg.bands > 0.95
 
 
-def test_paper_preset_uses_literal_numbers_and_warns(caplog):
+def test_paper_preset_uses_literal_numbers_and_warns():
     cfg = MinHashConfig(preset="paper")
     assert (cfg.num_perm, cfg.bands, cfg.rows) == (9000, 15, 400)
     assert cfg.effective_threshold > 0.99
-    with caplog.at_level(logging.WARNING, logger="clinray.data.dedup_minhash"):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("clinray.data.dedup_minhash")
+    log.addHandler(handler)
+    try:
         cfg.warn_if_off_threshold()
-    assert "effective Jaccard threshold of 0.993" in caplog.text
+        MinHashConfig().warn_if_off_threshold()  # the default is near 0.85: silent
+    finally:
+        log.removeHandler(handler)
+    assert len(records) == 1 and "effective Jaccard threshold of 0.993" in records[0].getMessage()
 
 
 def test_bad_configs_are_actionable():
