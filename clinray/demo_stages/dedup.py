@@ -1,8 +1,8 @@
 """Demo stage: near-dup (MinHash LSH), substring dedup (400 then 100 bytes) and decontamination.
 
 Runs on the curated documents (``ctx.artifacts["curated"]``) with full stage accounting and writes the
-deduplicated documents (``deduped``). When the curation run already applied these stages (they are part
-of the curation pipeline), this pass finds what is left, and the notes show both.
+deduplicated documents (``deduped``). When the curation run already applied all of these stages (they
+are part of the curation pipeline), its counts are reported and its documents passed on, not redone.
 """
 
 from __future__ import annotations
@@ -41,6 +41,28 @@ def _rows(stats: dict) -> list[str]:
     return rows
 
 
+def _from_curation(ctx: DemoContext, stats: dict) -> StageResult:
+    """The curation run already applied these stages: report them, reuse its documents."""
+    header = ["| stage | rows in | kept | dropped | counters |", "|---|---|---|---|---|"]
+    sub = sum(stats[f"substring_{t}"]["extra"].get("num_bytes_removed", 0) for t in (400, 100))
+    return StageResult(
+        outputs={"deduped": ctx.artifacts["curated"]},
+        metrics={
+            "documents in": stats["minhash"]["num_rows_in"],
+            "documents out": stats["decontaminate"]["num_rows_out"],
+            "near-duplicates removed": stats["minhash"]["num_dropped"],
+            "substring bytes removed": sub,
+            "contaminated documents removed": stats["decontaminate"]["num_dropped"],
+        },
+        notes=[
+            "Applied inside the curation run (stage 30); its documents are the deduplicated set.",
+            "",
+            *header,
+            *_rows(stats),
+        ],
+    )
+
+
 def run(ctx: DemoContext) -> StageResult:
     import ray
 
@@ -50,6 +72,11 @@ def run(ctx: DemoContext) -> StageResult:
     from clinray.data.report import write_report
     from clinray.data.stage import collect_stats
 
+    report = ctx.artifacts.get("curation_report")
+    if report and Path(report).is_file():
+        earlier = json.loads(Path(report).read_text())["stages"]
+        if all(name in earlier and earlier[name]["num_rows_in"] for name in ISSUE_C_STAGES):
+            return _from_curation(ctx, earlier)
     out = ctx.stage_dir("dedup")
     sink = str(out / "accounting")
     start = time.time()
@@ -66,11 +93,6 @@ def run(ctx: DemoContext) -> StageResult:
     here = {k: v.to_dict() for k, v in stats.items()}
     header = ["| stage | rows in | kept | dropped | counters |", "|---|---|---|---|---|"]
     notes = ["This pass, on the curated documents:", "", *header, *_rows(here)]
-    report = ctx.artifacts.get("curation_report")
-    if report and Path(report).is_file():
-        earlier = _rows(json.loads(Path(report).read_text())["stages"])
-        if earlier:
-            notes += ["", "Already applied inside the curation run:", "", *header, *earlier]
     notes += [
         "",
         f"Clusters: `{out / 'accounting/details/minhash_clusters.parquet'}`; report: `{paths['md']}`.",
