@@ -138,18 +138,19 @@ def main() -> None:
                 f"[curate_parse] clinray {workers} worker(s): {results[f'clinray_{workers}w']}",
                 file=sys.stderr,
             )
-        results["datatrove_2w"] = subprocess_json(
-            [
-                str(peer),
-                str(ROOT / "benchmarks/peer_curate_parse.py"),
-                "--corpus",
-                str(corpus),
-                "--out",
-                f"{tmp}/dt",
-                "--workers",
-                "2",
-            ]
-        )
+        for workers in (1, 2):
+            results[f"datatrove_{workers}w"] = subprocess_json(
+                [
+                    str(peer),
+                    str(ROOT / "benchmarks/peer_curate_parse.py"),
+                    "--corpus",
+                    str(corpus),
+                    "--out",
+                    f"{tmp}/dt{workers}",
+                    "--workers",
+                    str(workers),
+                ]
+            )
     figures = {}
     for name, r in results.items():
         figures[f"{name}_wall_s"] = round(r["wall_s"], 2)
@@ -172,6 +173,9 @@ def main() -> None:
             **figures,
             "ratio": round(ratio, 3),
             "ratio_incl_warmup": round(ratio_cold, 3),
+            "datatrove_scaling": round(
+                figures["datatrove_2w_docs_per_s"] / figures["datatrove_1w_docs_per_s"], 3
+            ),
             "scaling": round(scaling, 3),
             "targets": {"ratio": ">= 1.5", "scaling": ">= 1.7"},
             "clinray_busy_s": results["clinray_2w"]["busy_s"],

@@ -1,4 +1,4 @@
-"""Demo stage: curate the tiny world's corpus (parse, normalize, filter, exact dedup) with full accounting."""
+"""Demo stage: curate the tiny world's corpus (parse, normalize, filter, dedup, decontaminate), fully accounted."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from clinray.demo import DemoContext, StageResult
 
 ORDER = 30
-TITLE = "Curation: parse, filter, exact dedup"
+TITLE = "Curation: parse, filter, dedup, decontaminate"
 BUDGET_S = 90
 
 
@@ -18,9 +18,10 @@ def run(ctx: DemoContext) -> StageResult:
     world = Path(ctx.artifacts["world"])
     recipe = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "curate.yaml"
     out = ctx.stage_dir("curate")
-    cfg = load(
-        CurateConfig, recipe, [f"input_root={world / 'corpus'}", f"output.dir={out}", "output.overwrite=true"]
-    )
+    overrides = [f"input_root={world / 'corpus'}", f"output.dir={out}", "output.overwrite=true"]
+    if "decontaminate" in CurateConfig.__dataclass_fields__:  # the world's benchmarks, for decontamination
+        overrides.append(f"decontaminate.questions_root={world / 'questions'}")
+    cfg = load(CurateConfig, recipe, overrides)
     result = run_curation(cfg)
     if result.problems:
         raise RuntimeError(f"curation accounting does not balance: {result.problems}")
