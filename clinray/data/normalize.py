@@ -35,7 +35,7 @@ class NormalizeConfig:
 
 def normalize_document_text(text: str, *, decode_entities: bool = True) -> str:
     """Entities decoded (twice at most, for double-escaped input), then :func:`normalize_text`."""
-    if decode_entities:
+    if decode_entities and "&" in text:  # the substring test is a fast C scan; most texts stop here
         for _ in range(2):
             if not _ENTITY.search(text):
                 break
