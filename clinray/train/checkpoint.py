@@ -76,27 +76,17 @@ def export_hf(
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return None
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     config = AutoConfig.from_pretrained(model_path)
-    if config.tie_word_embeddings:
-        full.pop("lm_head.weight", None)
-    full = {k: v.to(dtype).contiguous() for k, v in full.items()}
-    split = split_torch_state_dict_into_shards(
-        full, filename_pattern="model{suffix}.safetensors", max_shard_size="5GB"
-    )
-    for filename, names in split.filename_to_tensors.items():
-        save_file({n: full[n] for n in names}, str(tmp / filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config.torch_dtype = dtype
-    config.save_pretrained(tmp)
+    config.dtype = dtype
+    with torch.device("meta"):  # a skeleton: save_pretrained maps our names back to the hub layout
+        skeleton = AutoModelForCausalLM.from_config(config)
+    full = {k: v.to(dtype) for k, v in full.items()}
+    skeleton.save_pretrained(tmp, state_dict=full, safe_serialization=True, max_shard_size="5GB")
     for name in os.listdir(model_path):  # tokenizer and generation config travel with the weights
         if name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
             shutil.copy2(Path(model_path) / name, tmp / name)

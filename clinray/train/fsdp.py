@@ -63,6 +63,30 @@ def _reset_rotary_buffers(model, device: torch.device) -> None:
                 setattr(module, name, buf.to(device))
 
 
+def _rank0_state_dict(path: str, *, expected: set[str], tied: bool) -> dict[str, torch.Tensor]:
+    """The full state dict under the model's own parameter names, read on rank 0 only.
+
+    Fast path: the safetensors as stored. When their names differ from the module's (transformers 5
+    fuses Mixtral's per-expert weights on load), ``from_pretrained`` applies its conversions on CPU.
+    """
+    full = load_full_state_dict(path)
+    if tied and "lm_head.weight" not in full and "model.embed_tokens.weight" in full:
+        full["lm_head.weight"] = full["model.embed_tokens.weight"]
+    if expected <= set(full):
+        return full
+    from transformers import AutoModelForCausalLM
+
+    logger.info(
+        "weights of %s need transformers' key conversions: loading with from_pretrained on rank 0", path
+    )
+    del full
+    full = AutoModelForCausalLM.from_pretrained(path, dtype="auto").state_dict()
+    missing = sorted(expected - set(full))
+    if missing:
+        raise ValueError(f"weights in {path!r} lack {len(missing)} tensors, e.g. {missing[:3]}")
+    return full
+
+
 def build_model(model_cfg, fsdp_cfg, *, device: torch.device, mesh=None, seed: int = 0):
     """Return the FSDP2-sharded model (weights loaded from ``model_cfg.path``) on ``device``."""
     import torch.distributed as dist
@@ -96,14 +120,13 @@ def build_model(model_cfg, fsdp_cfg, *, device: torch.device, mesh=None, seed: i
         model.to_empty(device=device)
         _reset_rotary_buffers(model, device)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    full = load_full_state_dict(model_cfg.path) if rank0 else {}
-    if rank0 and hf_config.tie_word_embeddings and "lm_head.weight" not in full:
-        full["lm_head.weight"] = full["model.embed_tokens.weight"]
-    if rank0:
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(full))
-        if missing:
-            raise ValueError(f"weights in {model_cfg.path!r} lack {len(missing)} tensors, e.g. {missing[:3]}")
+    full = (
+        _rank0_state_dict(
+            model_cfg.path, expected=set(model.state_dict()), tied=hf_config.tie_word_embeddings
+        )
+        if rank0
+        else {}
+    )
     set_model_state_dict(
         model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
     )
