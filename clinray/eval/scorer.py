@@ -17,6 +17,7 @@ take ``hf``'s own left-truncating code path.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import defaultdict
 
@@ -45,6 +46,7 @@ class PrefixCachedLM(HFLM):
         if self.backend != "causal":
             raise ValueError("the clinray scorer supports decoder-only (causal) models; use --model hf")
         self.max_options_per_batch = int(max_options_per_batch)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.num_prompt_passes = 0
         """Prompt forward passes run so far (one per distinct context)."""
 
@@ -114,11 +116,17 @@ class PrefixCachedLM(HFLM):
         ctx_mask = (
             torch.arange(width, device=self.device)[None, :] < torch.tensor(lens, device=self.device)[:, None]
         )
-        out = self.model(ctx, attention_mask=ctx_mask.long(), use_cache=True)
+        last = torch.tensor(lens, device=self.device) - 1
+        keep = torch.unique(last)  # only the prompts' last positions need the LM head (sorted)
+        if not self._keeps_logits:  # a model without logits_to_keep: full logits, same rows picked
+            keep = torch.arange(width, device=self.device)
+        extra = {"logits_to_keep": keep} if self._keeps_logits else {}
+        out = self.model(ctx, attention_mask=ctx_mask.long(), use_cache=True, **extra)
         self.num_prompt_passes += len(contexts)
         rows = torch.arange(len(contexts), device=self.device)
-        last = torch.tensor(lens, device=self.device) - 1
-        first = F.log_softmax(out.logits[rows, last], dim=-1, dtype=self.softmax_dtype)  # [P, vocab]
+        first = F.log_softmax(
+            out.logits[rows, torch.searchsorted(keep, last)], dim=-1, dtype=self.softmax_dtype
+        )
         owner = [q for q, conts in enumerate(continuations) for _ in conts]
         flat = [c for conts in continuations for c in conts]
         rest_len = max(len(c) for c in flat) - 1
