@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -97,7 +98,7 @@ def test_each_strategy_returns_an_answer(strategy, engine, world_store, test_ite
             assert len(run.example_ids) == (0 if strategy == "zero_shot_cot" else 2)
         if strategy == "cot_ensemble":
             assert len({tuple(r.permutation) for r in ans.runs}) == 5
-            assert len({tuple(r.example_ids) for r in ans.runs}) == 5
+            assert len({tuple(r.example_ids) for r in ans.runs}) == min(5, math.factorial(cfg.num_shots))
     if strategy == "static_fewshot_cot":  # the same examples for every question
         assert answers[0].runs[0].example_ids == answers[1].runs[0].example_ids
     if strategy == "knn_fewshot_cot":  # a MedMCQA question about the same drug is among the nearest
