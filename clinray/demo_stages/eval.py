@@ -81,7 +81,11 @@ def run(ctx: DemoContext) -> StageResult:
                 "tasks": sweep_tasks,
                 "merge_columns": {},
                 "out_dir": str(ctx.stage_dir("eval_sweep")),
-                "sweep": {"pretrain_run": run_dir, "instruction_tune": False},
+                "sweep": {
+                    "pretrain_run": run_dir,
+                    "instruction_tune": False,
+                    "base_model": ctx.artifacts["tiny_model"],
+                },
             },
         )
         sweep = run_sweep(sweep_cfg, sft_hook=False)
@@ -89,7 +93,7 @@ def run(ctx: DemoContext) -> StageResult:
         outputs["eval_sweep"] = str(sweep["sweep_png"])
         notes += [
             "",
-            f"Checkpoint sweep over {len(sweep['points'])} pretraining exports ({sweep_tasks[0]}); "
+            f"Checkpoint sweep over the starting model and {len(sweep['points']) - 1} pretraining exports ({sweep_tasks[0]}); "
             "the demo evaluates the raw checkpoints (the paper instruction-tunes each one first, which "
             "`clinray eval --sweep` does when an SFT hook is available).",
             "",

@@ -23,6 +23,8 @@ class SweepConfig:
     """Pretraining run folder whose ``hf/step_*`` exports (with ``clinray_meta.json``) are swept."""
     include_final: bool = True
     """Also evaluate ``hf/final`` when present."""
+    base_model: str = ""
+    """The model pretraining started from, plotted at 0 tokens ('' = none)."""
     instruction_tune: bool = True
     """Instruction-tune each checkpoint before evaluating it (skipped with a note if SFT is unavailable)."""
     sft_config: str = ""

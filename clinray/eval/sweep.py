@@ -101,6 +101,8 @@ def run_sweep(cfg: EvalConfig, *, sft_hook: Callable | None | bool = True) -> di
     checkpoints = find_checkpoints(sweep.pretrain_run, include_final=sweep.include_final)
     if not checkpoints:
         raise ValueError(f"no finished HF exports (hf/step_*/clinray_meta.json) under {sweep.pretrain_run!r}")
+    if sweep.base_model:
+        checkpoints.insert(0, Checkpoint(name="base", path=Path(sweep.base_model), step=0, tokens_seen=0))
     out = Path(cfg.out_dir)
     notes = []
     hook = None

@@ -111,12 +111,12 @@ def test_checkpoint_sweep_plots_accuracy_against_tokens(ray_local, world_dir, ti
             "limit": 20,
             "out_dir": str(tmp_path / "sweep"),
             "device": "cpu",
-            "sweep": {"pretrain_run": str(run), "instruction_tune": False},
+            "sweep": {"pretrain_run": str(run), "instruction_tune": False, "base_model": str(tiny_model_dir)},
         },
     )
     result = run_sweep(cfg)
-    assert [p["tokens_seen"] for p in result["points"]] == [20 * 4096, 40 * 4096]
-    assert result["points"][0]["clinray_medqa_4"] == result["points"][1]["clinray_medqa_4"]  # same weights
+    assert [p["tokens_seen"] for p in result["points"]] == [0, 20 * 4096, 40 * 4096]  # base model at 0
+    assert len({p["clinray_medqa_4"] for p in result["points"]}) == 1  # same weights, same accuracy
     assert any("instruction tuning off" in n for n in result["notes"])  # said in the notes, never faked
     png = result["sweep_png"]
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
