@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clinray.config import ConfigError, load
 from clinray.data.dedup_exact import DedupBlock, ExactDedupConfig, add_hash, content_hash, mark_duplicates
@@ -210,3 +212,17 @@ def test_chained_row_stages_account_like_separate_ones(tmp_path):
         for key in ("num_rows_in", "num_rows_out", "num_bytes_in", "num_bytes_out", "dropped"):
             assert a[key] == b[key], (name, key)
     assert read_rejects(chained).num_rows == read_rejects(separate).num_rows == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("ab é\u0301\t\n\r\f\v\u00a0\u2002\u200b\u3000\x00\x07\x85&;#x")),
+        max_size=40,
+    )
+)
+def test_fast_normalize_equals_the_reference(text):
+    from clinray.data import normalize
+    from clinray.data import text as reference
+
+    assert normalize.normalize_text(text) == reference.normalize_text(text)
