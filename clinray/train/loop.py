@@ -150,6 +150,77 @@ def _step_metrics(
     return metrics
 
 
+def _add_flops(plan: dict, cfg, model, device: torch.device) -> None:
+    """FLOPs per token and (on a GPU from the table) the device's peak, for MFU."""
+    from clinray.train.fsdp import resolve_param_dtype
+    from clinray.train.metrics import flops_per_token, non_embedding_params, peak_flops
+
+    if not plan.get("peak_flops_per_device") and device.type == "cuda":
+        dtype = str(resolve_param_dtype(cfg.fsdp.param_dtype, device)).removeprefix("torch.")
+        plan["peak_flops_per_device"] = peak_flops(torch.cuda.get_device_name(device), dtype)
+    plan["flops_per_token"] = flops_per_token(
+        num_params=non_embedding_params(model),
+        num_layers=plan["num_layers"],
+        hidden_size=plan["hidden_size"],
+        seq_len=plan["seq_len"],
+    )
+
+
+def _train_step(model, optimizer, scheduler, batches, tracker, *, accum: int, device, grad_clip: float):
+    """One optimizer step over ``accum`` micro-batches; return (data position after it, grad norm)."""
+    for _ in range(accum):
+        position, batch = next(batches)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"]).logits
+        losses, mask = token_losses(logits, batch["labels"])
+        # mean over this micro-batch's loss tokens; FSDP averages over workers (exact when counts are
+        # equal, as in pretraining; a per-micro-batch mean for SFT's uneven masks)
+        loss = (losses * mask).sum() / mask.sum().clamp(min=1) / accum
+        loss.backward()
+        tracker.add(losses.detach(), mask, batch["source_id"])
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return position, grad_norm
+
+
+def _report(
+    model,
+    optimizer,
+    scheduler,
+    metrics: dict,
+    *,
+    cfg,
+    state: dict,
+    save: bool,
+    export: bool,
+    rank: int,
+    run_dir: Path,
+) -> None:
+    """``ray.train.report`` (with a sharded checkpoint when ``save``) and, when ``export``, an HF export."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    from clinray.train.checkpoint import export_hf, save_sharded
+
+    step = state["step"]
+    if save:
+        folder = save_sharded(model, optimizer, scheduler, state=state, rank=rank)
+        ray.train.report(
+            metrics,
+            checkpoint=Checkpoint.from_directory(str(folder)),
+            checkpoint_dir_name=f"checkpoint_{step:07d}",
+            delete_local_checkpoint_after_upload=True,
+        )
+    else:
+        ray.train.report(metrics)
+    if export:
+        meta = {"step": step, "tokens_seen": state["tokens_seen"], "source_run": str(run_dir)}
+        export_hf(model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank)
+
+
 def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None:
     """Testing knob: rank 1 (rank 0 alone) dies once, just after the checkpoint of ``fail_at_step``."""
     if step != cfg.train.fail_at_step or rank != min(1, world - 1):
@@ -170,28 +241,17 @@ def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config = {"cfg": PretrainConfig as dict, "plan": derived numbers}``."""
     import ray.train
-    from ray.train import Checkpoint
 
     from clinray.config import from_dict
-    from clinray.train.checkpoint import export_hf, save_sharded
     from clinray.train.config import PretrainConfig
     from clinray.train.data import iter_micro_batches
-    from clinray.train.fsdp import resolve_param_dtype
-    from clinray.train.metrics import MetricsWriter, flops_per_token, non_embedding_params, peak_flops
+    from clinray.train.metrics import MetricsWriter
 
     cfg = from_dict(PretrainConfig, config["cfg"])
     plan = dict(config["plan"])
     run_dir = Path(plan["run_dir"])
     rank, world, device, model, optimizer, scheduler = _setup(cfg, plan)
-    if not plan.get("peak_flops_per_device") and device.type == "cuda":
-        dtype = str(resolve_param_dtype(cfg.fsdp.param_dtype, device)).removeprefix("torch.")
-        plan["peak_flops_per_device"] = peak_flops(torch.cuda.get_device_name(device), dtype)
-    plan["flops_per_token"] = flops_per_token(
-        num_params=non_embedding_params(model),
-        num_layers=plan["num_layers"],
-        hidden_size=plan["hidden_size"],
-        seq_len=plan["seq_len"],
-    )
+    _add_flops(plan, cfg, model, device)
     state = _resume(model, optimizer, scheduler)
     writer = MetricsWriter(run_dir) if rank == 0 else None
     batches = iter_micro_batches(
@@ -212,20 +272,16 @@ def train_loop_per_worker(config: dict) -> None:
     last = step >= total_steps
     while step < total_steps:
         lr = scheduler.get_last_lr()[0]
-        for _ in range(accum):
-            position, batch = next(batches)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"]).logits
-            losses, mask = token_losses(logits, batch["labels"])
-            loss = (losses * mask).sum() / mask.sum().clamp(min=1) / accum
-            loss.backward()
-            tracker.add(losses.detach(), mask, batch["source_id"])
-        max_norm = cfg.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        position, grad_norm = _train_step(
+            model,
+            optimizer,
+            scheduler,
+            batches,
+            tracker,
+            accum=accum,
+            device=device,
+            grad_clip=cfg.optim.grad_clip,
+        )
         step += 1
         tokens_since_log += plan["global_batch_tokens"]
         state.update(
@@ -259,22 +315,18 @@ def train_loop_per_worker(config: dict) -> None:
         last_log, tokens_since_log = now, 0
         if writer is not None:
             writer.write(metrics)
-        if save:
-            folder = save_sharded(model, optimizer, scheduler, state=state, rank=rank)
-            ray.train.report(
-                metrics,
-                checkpoint=Checkpoint.from_directory(str(folder)),
-                checkpoint_dir_name=f"checkpoint_{step:07d}",
-                delete_local_checkpoint_after_upload=True,
-            )
-        else:
-            ray.train.report(metrics)
-        export_every = cfg.train.hf_export_every
-        if final or (export_every > 0 and step % export_every == 0):
-            meta = {"step": step, "tokens_seen": state["tokens_seen"], "source_run": str(run_dir)}
-            export_hf(
-                model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank
-            )
+        _report(
+            model,
+            optimizer,
+            scheduler,
+            metrics,
+            cfg=cfg,
+            state=state,
+            save=save,
+            export=final or (cfg.train.hf_export_every > 0 and step % cfg.train.hf_export_every == 0),
+            rank=rank,
+            run_dir=run_dir,
+        )
         if save:
             _maybe_fail(cfg, step=step, rank=rank, world=world, run_dir=run_dir)
         if last:
