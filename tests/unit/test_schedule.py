@@ -19,13 +19,17 @@ def test_warmup_is_one_percent_of_steps():
 @pytest.mark.parametrize("total", [20, 1000, 79_259])
 def test_key_points_match_formula(total):
     max_lr, floor = 7e-6, 0.1
-    kw = dict(total_steps=total, max_lr=max_lr, warmup_fraction=0.01, warmup_start_factor=0.1, min_lr_ratio=floor)
+    kw = dict(
+        total_steps=total, max_lr=max_lr, warmup_fraction=0.01, warmup_start_factor=0.1, min_lr_ratio=floor
+    )
     warm = num_warmup_steps(total, warmup_fraction=0.01)
     assert lr_at(0, **kw) == pytest.approx(0.1 * max_lr, rel=1e-12)
     assert lr_at(warm, **kw) == pytest.approx(max_lr, rel=1e-12)
     assert lr_at(total, **kw) == pytest.approx(floor * max_lr, rel=1e-12)
     mid = warm + (total - warm) // 2
-    expected = floor * max_lr + (1 - floor) * max_lr * 0.5 * (1 + math.cos(math.pi * (mid - warm) / (total - warm)))
+    expected = floor * max_lr + (1 - floor) * max_lr * 0.5 * (
+        1 + math.cos(math.pi * (mid - warm) / (total - warm))
+    )
     assert lr_at(mid, **kw) == pytest.approx(expected, rel=1e-12)
     # warm-up is linear and increasing, decay is monotone
     lrs = [lr_at(s, **kw) for s in range(total + 1)]
