@@ -182,6 +182,7 @@ class MilvusExampleStore:
 
     def all_examples(self, *, limit: int = 16_384) -> list[Example]:
         """Up to ``limit`` stored examples, sorted by id (the pool of static few-shot)."""
+        self._load()
         rows = self.client.query(
             self.cfg.collection, filter='id != ""', output_fields=_OUTPUT_FIELDS, limit=limit
         )
