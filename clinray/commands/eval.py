@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sweep the hf/step_* checkpoints of this pretraining run (Figure 2)",
     )
     parser.add_argument(
+        "--medprompt",
+        action="store_true",
+        help="evaluate Medprompt strategies instead (--config is then a MedpromptEvalConfig YAML)",
+    )
+    parser.add_argument(
         "--address",
         default="local",
         help="Ray address: 'local' (a private local cluster, default) or 'auto' / ray://...",

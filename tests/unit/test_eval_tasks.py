@@ -336,5 +336,6 @@ def test_cli_flags_build_the_config():
     cfg = eval_cmd.build_config(args)
     assert cfg.models == {"a": "/m/a", "b": "/m/b"} and cfg.tasks == ["clinray_medqa_4"]
     assert (cfg.data_dir, cfg.limit, cfg.sweep.pretrain_run) == ("/q", 5, "/run")
+    assert not args.medprompt and parser.parse_args(["--medprompt"]).medprompt
     with pytest.raises(ValueError, match="NAME=PATH"):
         eval_cmd.build_config(parser.parse_args(["--model", "nopath"]))
