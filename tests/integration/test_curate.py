@@ -26,7 +26,8 @@ REASON_OF_KIND = {
 
 #: This file checks the first half of the pipeline alone; near-dup, substring dedup and decontamination
 #: (appended after exact dedup) have their own tests.
-ISSUE_C_OFF = ["minhash.enabled=false", "substring.enabled=false", "decontaminate.enabled=false"]
+ISSUE_C_OFF_KEYS = ("minhash", "substring", "decontaminate")
+ISSUE_C_OFF = [f"{name}.enabled=false" for name in ISSUE_C_OFF_KEYS]
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +112,40 @@ def test_reports_and_partitioned_output(curated):
     assert result.funnel_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {p.name for p in result.docs_dir.iterdir() if p.is_dir()} == {"domain=clinical", "domain=general"}
     assert (result.out_dir / "config.yaml").is_file()
+
+
+def test_actor_pool_parsers_and_pii_redaction(ray_local, tmp_path):
+    """The actor-pool parsing mode and PII redaction, on a few hand-made files (one of them corrupt)."""
+    from clinray.config import from_dict
+
+    src = tmp_path / "in"
+    src.mkdir()
+    words = " ".join(f"word{i}" for i in range(30))
+    (src / "a.jsonl").write_text(
+        json.dumps({"id": "n1", "text": f"Call 555-123-4567 or mail x@y.org. {words}"}) + "\n{broken\n"
+    )
+    (src / "b.txt").write_text(f"Patient MRN: 12345678 seen today. {words}")
+    (src / "c.txt").write_bytes(b"\x00\x01binary")
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "input_root": str(src),
+            "inputs": [{"glob": "*", "source": "notes"}],
+            "readers": {"compute": "actors", "concurrency": 1},
+            "pii": {"mode": "redact"},
+            "output": {"dir": str(tmp_path / "out"), "partition_cols": []},
+            **{name: {"enabled": False} for name in ISSUE_C_OFF_KEYS},
+        },
+    )
+    result = run_curation(cfg)
+    texts = {d["id"]: d["text"] for d in pq.read_table(result.docs_dir).to_pylist()}
+    assert texts["n1"].startswith("Call [PHONE] or mail [EMAIL].") and texts["b"].startswith(
+        "Patient [MRN] seen"
+    )
+    assert result.stages["parse"].dropped == {"bad_json": 1, "binary": 1} and result.problems == []
+    assert result.stages["pii_filter"].extra == {
+        "num_redacted_phone": 1,
+        "num_redacted_email": 1,
+        "num_redacted_mrn": 1,
+        "num_docs_redacted": 2,
+    }
