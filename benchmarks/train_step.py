@@ -275,8 +275,7 @@ def run_gpu(quick: bool, *, compile_: bool, micro: int, seq_len: int) -> dict:
         "tokens_per_s_ours": round(ours["tokens_per_s"], 1),
         "mfu": round(ours["mfu"], 4) if ours["mfu"] else None,
         "target_mfu": 0.40,
-        "mfu_per_step": [round(r["mfu"], 4) for r in rows if r.get("mfu")],
-        "peak_memory_note": "see worker logs",
+        "mfu_per_interval": [round(r["mfu"], 4) for r in rows if r.get("mfu")],
         "final_loss": ours["final_loss"],
     }
 
