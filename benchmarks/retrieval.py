@@ -126,14 +126,42 @@ def _tiny_setup(workdir: Path):
     return model, pool, items
 
 
+def _generate_only(engine, items, pool, cfg, *, max_new_tokens: int, repeats: int) -> dict:
+    """Generation alone (no answer parsing or option scoring): one prompt vs the ensemble's five."""
+    from clinray.prompting.medprompt import _plan
+
+    prompts = [p for item in items for p in _plan(item, cfg, None, pool).prompts]
+    one, five = [], []
+    for _ in range(repeats):
+        with timer() as t1:
+            for i in range(0, len(prompts), 5):
+                engine.generate(prompts[i : i + 1], max_new_tokens=max_new_tokens, temperature=0.2, seed=0)
+        with timer() as t5:
+            for i in range(0, len(prompts), 5):
+                engine.generate(prompts[i : i + 5], max_new_tokens=max_new_tokens, temperature=0.2, seed=0)
+        one.append(t1())
+        five.append(t5())
+    g1, g5 = statistics.median(one), statistics.median(five)
+    return {
+        "generate_single_s": round(g1, 3),
+        "generate_5_batched_s": round(g5, 3),
+        "generate_ratio": round(g5 / g1, 3),
+    }
+
+
 def bench_ensemble(workdir: Path, *, num_questions: int, max_new_tokens: int, repeats: int) -> dict:
     from clinray.engines.transformers_engine import TransformersEngine
     from clinray.prompting.medprompt import MedpromptConfig, answer_batch
 
     model, pool, items = _tiny_setup(workdir)
     items = items[:num_questions]
-    engine = TransformersEngine(model, device="cpu", max_batch_size=16)
-    single_cfg = MedpromptConfig(strategy="static_fewshot_cot", max_new_tokens=max_new_tokens)
+    # a random tiny model emits EOS after a few tokens; a real CoT runs for hundreds, so every run
+    # generates exactly max_new_tokens (as vLLM's ignore_eos does in its benchmarks)
+    engine = TransformersEngine(model, device="cpu", max_batch_size=16, ignore_eos=True)
+    # the single run samples at the ensemble's temperature too, so both stop at EOS alike
+    single_cfg = MedpromptConfig(
+        strategy="static_fewshot_cot", max_new_tokens=max_new_tokens, temperature=0.2
+    )
     ens_cfg = MedpromptConfig(
         strategy="cot_ensemble", ensemble_examples="static", max_new_tokens=max_new_tokens
     )
@@ -161,6 +189,7 @@ def bench_ensemble(workdir: Path, *, num_questions: int, max_new_tokens: int, re
         if r == 0:
             sequential.append(per_question(ens_cfg, Sequential()))
     s, e, q = statistics.median(single), statistics.median(ensemble), statistics.median(sequential)
+    gen = _generate_only(engine, items, pool, ens_cfg, max_new_tokens=max_new_tokens, repeats=repeats)
     prompt_tokens = len(
         engine.tokenizer(
             answer_batch(items[:1], engine=engine, config=single_cfg, pool=pool)[0].runs[0].prompt
@@ -176,6 +205,7 @@ def bench_ensemble(workdir: Path, *, num_questions: int, max_new_tokens: int, re
         "ensemble_5_sequential_s": round(q, 3),
         "ratio": round(e / s, 3),
         "ratio_sequential_peer": round(q / s, 3),
+        **gen,
         "torch_threads": __import__("torch").get_num_threads(),
     }
 
@@ -192,7 +222,7 @@ def main() -> None:
     args = p.parse_args()
     num_examples, num_queries = (20_000, 100) if args.quick else (100_000, 300)
     index_types = ["FLAT"] if args.quick else ["FLAT", *args.extra_index]
-    num_questions, max_new_tokens, repeats = (2, 48, 2) if args.quick else (2, 64, 3)
+    num_questions, max_new_tokens, repeats = (2, 128, 2) if args.quick else (4, 128, 3)
     search: dict = {"milvus_lite": __import__("milvus_lite").__version__, "index_types": index_types}
     with tempfile.TemporaryDirectory() as tmp:
         for index_type in index_types:

@@ -44,6 +44,7 @@ class TransformersEngine:
         dtype: str = "auto",
         max_batch_size: int = 16,
         stop: Sequence[str] = STOP_STRINGS,
+        ignore_eos: bool = False,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,6 +59,8 @@ class TransformersEngine:
         self.model.to(self.device).eval()
         self.max_batch_size = max_batch_size
         self.stop = tuple(stop)
+        self.ignore_eos = ignore_eos
+        """Generate exactly ``max_new_tokens`` (benchmarks: fixed-length reasoning, like vLLM's ignore_eos)."""
         self.max_length = int(
             getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         )
@@ -113,6 +116,7 @@ class TransformersEngine:
                     max_new_tokens=max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=self.tokenizer.eos_token_id,
+                    min_new_tokens=max_new_tokens if self.ignore_eos else None,
                     **kwargs,
                 )
             new = ids[:, enc["input_ids"].shape[1] :]
