@@ -210,9 +210,9 @@ def _draw(rng: random.Random, used: _UniqueNames, make) -> str:
 
 def build_kb(num_facts: int, *, seed: int) -> list[Fact]:
     """Build ``num_facts`` facts; the first half (rounded down) of a seeded shuffle is ``train``."""
-    if num_facts < 8:
+    if num_facts < 10:
         raise ValueError(
-            f"num_facts must be >= 8 to have distractors for 5-option questions, got {num_facts}"
+            f"num_facts must be >= 10 (5-option questions take 4 distractors from the same half), got {num_facts}"
         )
     rng = random.Random(f"kb:{seed}")
     used = _UniqueNames()

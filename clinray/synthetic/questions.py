@@ -1,7 +1,8 @@
 """Benchmark questions and SFT samples about the knowledge base, in the real benchmarks' file layouts.
 
-Each question asks about exactly one fact; distractors are other facts' entities of the same kind
-(drugs, conditions, mechanisms, findings, tests). Train facts get the training questions (MedQA train,
+Each question asks about exactly one fact; distractors are entities of the same kind (drugs,
+conditions, mechanisms, findings, tests) of other facts of the same half (train or test), so option
+frequency cannot give the answer away. Train facts get the training questions (MedQA train,
 MedMCQA train, MMLU dev) and the SFT samples; test facts get the evaluation questions (MedQA test,
 MedMCQA dev, MMLU test, PubMedQA). Writing the native layouts (rather than one clinray format) lets the
 evaluation code be tested on exactly the parsing it will do on the real files.
@@ -81,8 +82,15 @@ class QuestionWriter:
     def __init__(self, facts: list[Fact], *, seed: int) -> None:
         self.facts = facts
         self.rng = random.Random(f"questions:{seed}")
+        # Distractors come from facts of the same half: otherwise every test question would pair one
+        # never-seen answer with drugs the SFT taught as answers, and a model fine-tuned without
+        # pretraining would learn to avoid the right one (measured: 0.03 accuracy, far below chance).
         self.pools = {
-            k: [getattr(f, k) for f in facts] for k in ("drug", "condition", "mechanism", "finding", "test")
+            split: {
+                k: [getattr(f, k) for f in facts if f.split == split]
+                for k in ("drug", "condition", "mechanism", "finding", "test")
+            }
+            for split in ("train", "test")
         }
         self.entries: list[dict] = []
         self.sft: list[dict] = []
@@ -108,7 +116,7 @@ class QuestionWriter:
         for n, fact in enumerate(facts):
             stem = _vignette(fact, self.rng)
             for bench, k, out in (("medqa", 4, four), ("medqa_5", 5, five)):
-                options, idx = _options(self.rng, fact.drug, self.pools["drug"], k)
+                options, idx = _options(self.rng, fact.drug, self.pools[fact.split]["drug"], k)
                 qid = f"{bench}-{split}-{n:04d}"
                 out.append(
                     json.dumps(
@@ -131,7 +139,7 @@ class QuestionWriter:
         lines = []
         for n, fact in enumerate(facts):
             stem = f"{fact.drug} is used in the treatment of:"
-            options, idx = _options(self.rng, fact.condition, self.pools["condition"], 4)
+            options, idx = _options(self.rng, fact.condition, self.pools[fact.split]["condition"], 4)
             qid = f"medmcqa-{split}-{n:04d}"
             record = {
                 "id": qid,
@@ -157,7 +165,7 @@ class QuestionWriter:
         for n, fact in enumerate(facts):
             subject = MMLU_SUBJECTS[n % len(MMLU_SUBJECTS)]
             stem, answer, kind = _mmlu_item(fact, subject, self.rng)
-            options, idx = _options(self.rng, answer, self.pools[kind], 4)
+            options, idx = _options(self.rng, answer, self.pools[fact.split][kind], 4)
             rows[subject].append([stem, *options, LETTERS[idx]])
             self._entry(
                 f"mmlu-{split}-{subject}-{len(rows[subject]) - 1:04d}", "mmlu", split, fact, stem, answer
@@ -177,7 +185,7 @@ class QuestionWriter:
             condition = (
                 fact.condition
                 if yes
-                else self.rng.choice([c for c in self.pools["condition"] if c != fact.condition])
+                else self.rng.choice([c for c in self.pools[fact.split]["condition"] if c != fact.condition])
             )
             question = f"Is {fact.drug} an effective treatment for {condition}?"
             decision = "yes" if yes else "no"

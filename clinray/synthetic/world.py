@@ -59,9 +59,9 @@ class WorldConfig:
             raise ValueError(
                 f"scale must be > 0 (1.0 is the test/demo world, 100 the benchmark one), got {self.scale}"
             )
-        if self.num_facts < 8:
+        if self.num_facts < 10:
             raise ValueError(
-                f"num_facts must be >= 8 (5-option questions need 4 distractors), got {self.num_facts}"
+                f"num_facts must be >= 10 (5-option questions take 4 distractors from the same half), got {self.num_facts}"
             )
         if self.statements_per_fact < 1:
             raise ValueError(f"statements_per_fact must be >= 1, got {self.statements_per_fact}")

@@ -185,11 +185,14 @@ def test_questions_consistent_and_splits_disjoint(world_dir, world_manifest, tex
     corpus = "\n".join(texts.values())
     for fid in train | test:
         assert f"{facts[fid]['drug']} is used to treat" in corpus or facts[fid]["condition"] in corpus
+    drugs = {s: {f["drug"] for f in facts.values() if f["split"] == s} for s in ("train", "test")}
     for split in ("train", "test"):
         for name, num in (("medqa", 4), ("medqa_5", 5)):
             for line in (world_dir / f"questions/{name}/{split}.jsonl").read_text().splitlines():
                 q = json.loads(line)
                 assert len(q["options"]) == num and q["options"][q["answer_idx"]] == q["answer"]
+                # distractors from the same half: option frequency in SFT cannot reveal test answers
+                assert set(q["options"].values()) <= drugs[split]
     for line in (world_dir / "questions/medmcqa/dev.json").read_text().splitlines():
         q = json.loads(line)
         assert 1 <= q["cop"] <= 4 and q["question"].split(" is used")[0] in q["exp"]
