@@ -1,16 +1,18 @@
 """In-process generation with Hugging Face transformers (CPU or GPU).
 
 Prompts are generated in batches with left padding, so the n prompts of a choice-shuffle ensemble
-cost one batched ``generate`` rather than n (the retrieval benchmark measures the ratio). Scoring runs
-one forward pass over ``context + continuation`` for all continuations of a context, right-padded, and
-sums the log-probabilities of the continuation tokens; the continuation's tokens are those of the
-whole text beyond the context's own encoding, as lm-eval does, so a BPE merge across the boundary is
-counted once. The trade-off against vLLM: no paged attention or continuous batching, but no GPU needed
+cost one batched ``generate`` rather than n (the retrieval benchmark measures the ratio). Scoring runs each
+distinct context once and every continuation on top of its key/value cache
+(:func:`clinray.models.scoring.score_continuations`, shared with the lm-eval scorer), and sums the
+log-probabilities of the continuation tokens; the continuation's tokens are those of the whole text
+beyond the context's own encoding, as lm-eval does, so a BPE merge across the boundary is counted
+once. The trade-off against vLLM: no paged attention or continuous batching, but no GPU needed
 and the same code on a laptop and a node.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +66,10 @@ class TransformersEngine:
         self.max_length = int(
             getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         )
+        self.max_options_per_batch = 4 * max_batch_size
+        """Most continuations scored on top of one batch of contexts (each holds a copy of its cache)."""
+        self._sliding_window = getattr(self.model.config, "sliding_window", None)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.num_truncated = 0
         """Prompts cut on the left to fit the context window so far."""
 
@@ -125,54 +131,83 @@ class TransformersEngine:
         return out
 
     def score(self, context: str, continuations: Sequence[str]) -> list[float]:
-        """Summed log-probability of each continuation after ``context`` (one padded forward pass)."""
+        """Summed log-probability of each continuation after ``context`` (the context runs once)."""
         return self.score_batch([(context, continuations)])[0]
 
-    def _score_rows(self, context: str, continuations: Sequence[str]) -> list[tuple[list[int], int, int]]:
+    @property
+    def _score_window(self) -> int:
+        """Longest scored row (context + continuation): the window, or a sliding window within it.
+
+        The context's key/value cache must hold every context token, which a sliding-window cache
+        does not beyond its window: such contexts are cut to the sliding window.
+        """
+        return min(self.max_length, self._sliding_window or self.max_length)
+
+    def _score_rows(self, context: str, continuations: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """``(context tokens, continuation tokens)`` of each continuation, cut to the scoring window.
+
+        The continuation's tokens are those of ``context + continuation`` beyond the context's own
+        encoding (one fewer context token where a BPE merge crosses the boundary). A context too long
+        for the window is cut on the left once for all its continuations, by what the longest row
+        needs (every row fits; keeping at least one context token), so the continuations are
+        compared after the same context and it runs once.
+        """
         ctx_ids = self.tokenizer(context)["input_ids"]
-        rows = []
+        encoded = []
         for cont in continuations:
             whole = self.tokenizer(context + cont)["input_ids"]
             start = len(ctx_ids) if whole[: len(ctx_ids)] == ctx_ids else len(ctx_ids) - 1
-            start = max(1, min(start, len(whole) - 1))
-            drop = max(0, len(whole) - self.max_length)  # cut the context's left end if needed
-            rows.append((whole[drop:], start - drop, len(whole) - drop))
-        return rows
+            encoded.append((whole, max(1, min(start, len(whole) - 1))))
+        drop = max([0] + [len(whole) - self._score_window for whole, _ in encoded])
+        return [(whole[min(drop, start - 1) : start], whole[start:]) for whole, start in encoded]
 
     def score_batch(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
-        """:meth:`score` for many contexts, ``max_batch_size`` rows per forward pass.
+        """:meth:`score` for many contexts: each distinct context runs once, then its continuations.
 
-        Rows are left-padded so every continuation ends the row, and only the last positions' logits
-        are computed (``logits_to_keep``): the vocabulary projection of a long few-shot context is
-        most of the cost otherwise.
+        Continuations are grouped by their (tokenized) context; up to ``max_batch_size`` contexts and
+        ``max_options_per_batch`` continuations go to
+        :func:`~clinray.models.scoring.score_continuations` at a time: one pass over the right-padded
+        contexts (only their last positions through the LM head), one pass over every continuation on
+        top of its context's key/value cache. A 5-run ensemble's few-shot context is thus computed
+        once per run, not once per option.
         """
-        import torch
+        from clinray.models.scoring import score_continuations
 
-        rows = [(i, row) for i, (ctx, conts) in enumerate(requests) for row in self._score_rows(ctx, conts)]
-        out: list[list[float]] = [[] for _ in requests]
-        pad = self.tokenizer.pad_token_id
-        for at in range(0, len(rows), self.max_batch_size):
-            chunk = rows[at : at + self.max_batch_size]
-            width = max(len(r[0]) for _, r in chunk)
-            keep = max(hi - lo for _, (_, lo, hi) in chunk) + 1
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, (_, (row, _, _)) in enumerate(chunk):
-                ids[j, width - len(row) :] = torch.tensor(row)
-                mask[j, width - len(row) :] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.inference_mode():
-                logits = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
-                ).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for j, (i, (_, lo, hi)) in enumerate(chunk):
-                n = hi - lo
-                targets = ids[j, width - n :]
-                picked = logprobs[j, keep - n - 1 : keep - 1].gather(-1, targets[:, None]).squeeze(-1)
-                out[i].append(float(picked.sum()))
+        out: list[list[float]] = [[0.0] * len(conts) for _, conts in requests]
+        groups: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}
+        for i, (ctx, conts) in enumerate(requests):
+            for k, (ctx_ids, cont_ids) in enumerate(self._score_rows(ctx, conts)):
+                if cont_ids:  # an empty continuation (empty text) scores 0.0
+                    groups.setdefault(tuple(ctx_ids), []).append((i, k, cont_ids))
+        todo = sorted(groups.items(), key=lambda g: -len(g[0]))  # longest first: less padding
+        for chunk in self._score_chunks(todo):
+            answers = score_continuations(
+                self.model,
+                [list(ctx) for ctx, _ in chunk],
+                [[cont for _, _, cont in members] for _, members in chunk],
+                pad_id=self.tokenizer.pad_token_id,
+                device=self.device,
+                keeps_logits=self._keeps_logits,
+            )
+            for (_, members), group_answers in zip(chunk, answers, strict=True):
+                for (i, k, _), (logprob, _) in zip(members, group_answers, strict=True):
+                    out[i][k] = logprob
         return out
+
+    def _score_chunks(self, todo: list):
+        """Batches of up to ``max_batch_size`` contexts and ``max_options_per_batch`` continuations."""
+        chunk: list = []
+        num_options = 0
+        for item in todo:
+            if chunk and (
+                len(chunk) >= self.max_batch_size or num_options + len(item[1]) > self.max_options_per_batch
+            ):
+                yield chunk
+                chunk, num_options = [], 0
+            chunk.append(item)
+            num_options += len(item[1])
+        if chunk:
+            yield chunk
 
     def token_logprobs(self, text: str) -> list[tuple[str, int, float | None]]:
         """``(token text, character offset, log-probability)`` of every token of ``text`` (echo scoring)."""

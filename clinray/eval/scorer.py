@@ -8,6 +8,8 @@ prompt's key/value cache is selected once per option, and all options' continuat
 on top of it with explicit positions and a mask hiding the prompt padding. Tokenization, model
 loading, truncation and the returned ``(log-likelihood, is-greedy)`` pairs are those of ``hf`` (same
 ``_encode_pair``, same softmax dtype), so the numbers agree to float rounding (tested to 1e-4).
+The scoring core, :func:`clinray.models.scoring.score_continuations`, is shared with
+:meth:`clinray.engines.transformers_engine.TransformersEngine.score_batch`.
 
 The trade-off: the cache is copied once per option (memory grows with options x prompt length, bounded
 by ``max_options_per_batch``) to save recomputing the prompt; the gain is about the number of options
@@ -21,11 +23,11 @@ import inspect
 import logging
 from collections import defaultdict
 
-import torch
-import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
+
+from clinray.models.scoring import score_continuations
 
 log = logging.getLogger(__name__)
 
@@ -99,67 +101,24 @@ class PrefixCachedLM(HFLM):
         if chunk:
             yield chunk
 
-    @torch.no_grad()
     def _score_batch(self, contexts: list[list[int]], continuations: list[list[list[int]]]):
         """Per prompt, the (log-likelihood, is-greedy) of each continuation; each prompt runs once.
 
-        Pass 1 runs the right-padded prompts (positions 0..len-1, as in ``hf``). Pass 2 runs every
-        option's continuation minus its last token on top of its own prompt's key/value cache, with
-        explicit positions and a mask that hides the prompt's padding.
+        See :func:`clinray.models.scoring.score_continuations`: the right-padded prompts run once
+        (positions 0..len-1, as in ``hf``), then every option's continuation minus its last token runs
+        on top of its own prompt's key/value cache.
         """
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        lens = [len(c) for c in contexts]
-        width = max(lens)
-        ctx = torch.tensor(
-            [c + [pad] * (width - len(c)) for c in contexts], dtype=torch.long, device=self.device
+        answers = score_continuations(
+            self.model,
+            contexts,
+            continuations,
+            pad_id=pad,
+            device=self.device,
+            keeps_logits=self._keeps_logits,
+            softmax_dtype=self.softmax_dtype,
         )
-        ctx_mask = (
-            torch.arange(width, device=self.device)[None, :] < torch.tensor(lens, device=self.device)[:, None]
-        )
-        last = torch.tensor(lens, device=self.device) - 1
-        keep = torch.unique(last)  # only the prompts' last positions need the LM head (sorted)
-        if not self._keeps_logits:  # a model without logits_to_keep: full logits, same rows picked
-            keep = torch.arange(width, device=self.device)
-        extra = {"logits_to_keep": keep} if self._keeps_logits else {}
-        out = self.model(ctx, attention_mask=ctx_mask.long(), use_cache=True, **extra)
         self.num_prompt_passes += len(contexts)
-        rows = torch.arange(len(contexts), device=self.device)
-        first = F.log_softmax(
-            out.logits[rows, torch.searchsorted(keep, last)], dim=-1, dtype=self.softmax_dtype
-        )
-        owner = [q for q, conts in enumerate(continuations) for _ in conts]
-        flat = [c for conts in continuations for c in conts]
-        rest_len = max(len(c) for c in flat) - 1
-        rest = None
-        if rest_len > 0:
-            cache = out.past_key_values
-            cache.batch_select_indices(torch.tensor(owner, device=self.device))
-            inp = torch.tensor([c[:-1] + [pad] * (rest_len - len(c) + 1) for c in flat], device=self.device)
-            own_lens = torch.tensor([lens[q] for q in owner], device=self.device)
-            steps = torch.arange(rest_len, device=self.device)
-            mask = torch.cat(
-                [ctx_mask[owner], torch.ones((len(flat), rest_len), dtype=torch.bool, device=self.device)],
-                dim=1,
-            )
-            logits = self.model(
-                inp,
-                past_key_values=cache,
-                attention_mask=mask.long(),
-                position_ids=own_lens[:, None] + steps[None, :],
-                use_cache=True,
-            ).logits
-            rest = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # [N, rest_len, vocab]
-        answers: list[list[tuple[float, bool]]] = [[] for _ in contexts]
-        for j, (q, cont) in enumerate(zip(owner, flat, strict=True)):
-            total = first[q, cont[0]].float()
-            greedy = bool(first[q].argmax() == cont[0])
-            if len(cont) > 1:
-                assert rest is not None
-                scores = rest[j, : len(cont) - 1]
-                targets = torch.tensor(cont[1:], dtype=torch.long, device=self.device)
-                total = total + scores.gather(1, targets[:, None]).float().sum()
-                greedy = greedy and bool((scores.argmax(-1) == targets).all())
-            answers[q].append((float(total), greedy))
         return answers
 
 
