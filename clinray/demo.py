@@ -103,7 +103,7 @@ def run_demo(*, out_root: str | Path = "runs/demo", seed: int = 0, only: list[st
     import ray
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    ctx = DemoContext(run_dir=Path(out_root) / stamp, seed=seed)
+    ctx = DemoContext(run_dir=Path(out_root).resolve() / stamp, seed=seed)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     rows: list[dict] = []

@@ -21,6 +21,9 @@ __all__ = ["plan_run", "build_trainer", "run_pretrain"]
 
 def plan_run(cfg: PretrainConfig) -> dict:
     """The numbers the workers derive from the config: seq_len, accumulation, steps, run folder."""
+    # Ray Train workers do not share the driver's working directory: pass them absolute paths.
+    cfg.model.path = str(Path(cfg.model.path).resolve()) if cfg.model.path else cfg.model.path
+    cfg.data.path = str(Path(cfg.data.path).resolve()) if cfg.data.path else cfg.data.path
     cfg.validate_paths()
     manifest = read_manifest(cfg.data.path)
     seq_len = manifest["seq_len"]
