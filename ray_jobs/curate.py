@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from clinray.cli import add_config_arguments
@@ -17,20 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, default="configs/tiny/curate.yaml")
     args = parser.parse_args(argv)
 
-    import ray
-
     from clinray.config import load
     from clinray.data.pipeline import CurateConfig, run_curation
+    from clinray.ray_session import ray_session
 
     cfg = load(CurateConfig, args.config, args.overrides)
-    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: the job's cluster
-        ray.init()
-    else:  # run by hand: a private local cluster, never someone else's
-        ray.init(address="local", include_dashboard=False)
-    try:
+    with ray_session():
         result = run_curation(cfg)
-    finally:
-        ray.shutdown()
     print(result.report_md.read_text())
     print(f"kept documents: {result.docs_dir}\nreport: {result.report_json}")
     return 0

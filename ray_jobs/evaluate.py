@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from clinray.cli import add_config_arguments
@@ -18,22 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, default="configs/tiny/eval.yaml")
     args = parser.parse_args(argv)
 
-    import ray
-
     from clinray.config import load
     from clinray.eval.config import EvalConfig
     from clinray.eval.harness import run_eval
     from clinray.eval.sweep import run_sweep
+    from clinray.ray_session import ray_session
 
     cfg = load(EvalConfig, args.config, args.overrides)
-    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: the job's cluster
-        ray.init()
-    else:  # run by hand: a private local cluster, never someone else's
-        ray.init(address="local", include_dashboard=False)
-    try:
+    with ray_session():
         result = run_sweep(cfg) if cfg.sweep.pretrain_run else run_eval(cfg)
-    finally:
-        ray.shutdown()
     print(result["table_md"].read_text())
     print(f"results: {result['results_json']}")
     return 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from clinray.cli import add_config_arguments
@@ -18,20 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, default="configs/tiny/pack.yaml")
     args = parser.parse_args(argv)
 
-    import ray
-
     from clinray.config import dump, load
     from clinray.data.pack import PackConfig, run_pack
+    from clinray.ray_session import ray_session
 
     cfg = load(PackConfig, args.config, args.overrides)
-    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: the job's cluster
-        ray.init()
-    else:  # run by hand: a private local cluster, never someone else's
-        ray.init(address="local", include_dashboard=False)
-    try:
+    with ray_session():
         manifest = run_pack(cfg)
-    finally:
-        ray.shutdown()
     dump(cfg, f"{cfg.output_dir}/config.yaml")
     print(
         json.dumps(

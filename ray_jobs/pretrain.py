@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from clinray.cli import add_config_arguments
@@ -19,21 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, default="configs/tiny/pretrain.yaml")
     args = parser.parse_args(argv)
 
-    import ray
-
     from clinray.config import load
+    from clinray.ray_session import ray_session
     from clinray.train.config import PretrainConfig
     from clinray.train.trainer import run_pretrain
 
     cfg = load(PretrainConfig, args.config, args.overrides)
-    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: the job's cluster
-        ray.init()
-    else:  # run by hand: a private local cluster, never someone else's
-        ray.init(address="local", include_dashboard=False)
-    try:
+    with ray_session():
         summary = run_pretrain(cfg)
-    finally:
-        ray.shutdown()
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -17,17 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
     from clinray.config import load
     from clinray.data.pipeline import CurateConfig, run_curation
+    from clinray.ray_session import ray_session
 
     cfg = load(CurateConfig, args.config, args.overrides)
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(num_cpus=args.num_cpus):
         result = run_curation(cfg)
-    finally:
-        ray.shutdown()
     print(result.report_md.read_text())
     print(f"kept documents: {result.docs_dir}\nrejects: {result.rejects_dir}\nreport: {result.report_json}")
     return 0 if not result.problems else 1

@@ -18,17 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
     from clinray.config import dump, load
     from clinray.data.pack import PackConfig, run_pack
+    from clinray.ray_session import ray_session
 
     cfg = load(PackConfig, args.config, args.overrides)
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(num_cpus=args.num_cpus):
         manifest = run_pack(cfg)
-    finally:
-        ray.shutdown()
     dump(cfg, f"{cfg.output_dir}/config.yaml")
     print(
         json.dumps(

@@ -18,23 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    import ray
 
     from clinray.config import load
+    from clinray.ray_session import ray_session
     from clinray.train.config import PretrainConfig
     from clinray.train.trainer import plan_run, run_pretrain
 
     cfg = load(PretrainConfig, args.config, args.overrides)
     plan_run(cfg)  # fail fast on paths and batch geometry before starting Ray
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    try:
+    with ray_session(num_cpus=args.num_cpus):
         summary = run_pretrain(cfg)
-    finally:
-        ray.shutdown()
     print(json.dumps(summary, indent=2, default=str))
     return 0
