@@ -25,19 +25,13 @@ import common  # noqa: E402
 
 def write_inputs(world: Path, out: Path, *, num_shards: int = 4) -> list[dict]:
     from clinray.data.text import normalize_text
+    from clinray.synthetic.reading import plain_documents
 
-    manifest = json.loads((world / "manifest.json").read_text())
-    docs = []
-    for d in manifest["documents"]:
-        path = world / d["path"]
-        if d["format"] == "text":
-            text = path.read_text(encoding="utf-8")
-        elif d["format"] == "jsonl":
-            text = json.loads(path.read_text(encoding="utf-8").splitlines()[int(d["locator"]) - 1])["text"]
-        else:
-            continue
-        text = normalize_text(text)  # what the curation pipeline's normalize stage hands to near-dup
-        docs.append({"id": d["doc_id"], "text": text, "source": d["source"], "domain": d["domain"]})
+    # normalized: what the curation pipeline's normalize stage hands to near-dup
+    docs = [
+        {"id": d["doc_id"], "text": normalize_text(d["text"]), "source": d["source"], "domain": d["domain"]}
+        for d in plain_documents(world)
+    ]
     out.mkdir(parents=True, exist_ok=True)
     for k in range(num_shards):
         with (out / f"part_{k:03d}.jsonl").open("w") as f:

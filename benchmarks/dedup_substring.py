@@ -10,7 +10,6 @@ the figures are absolute, with the memory model of ``clinray/data/dedup_substrin
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -23,17 +22,9 @@ import common  # noqa: E402
 
 def load_docs(world: Path) -> dict[str, str]:
     from clinray.data.text import normalize_text
+    from clinray.synthetic.reading import plain_documents
 
-    manifest = json.loads((world / "manifest.json").read_text())
-    docs = {}
-    for d in manifest["documents"]:
-        path = world / d["path"]
-        if d["format"] == "text":
-            docs[d["doc_id"]] = normalize_text(path.read_text(encoding="utf-8"))
-        elif d["format"] == "jsonl":
-            line = path.read_text(encoding="utf-8").splitlines()[int(d["locator"]) - 1]
-            docs[d["doc_id"]] = normalize_text(json.loads(line)["text"])
-    return docs
+    return {d["doc_id"]: normalize_text(d["text"]) for d in plain_documents(world)}
 
 
 def planted_share(manifest: dict, before: dict[str, str], after: dict[str, str]) -> dict:

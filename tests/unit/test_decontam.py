@@ -11,15 +11,9 @@ from clinray.data.decontaminate import ContaminationIndex, DecontamConfig, descr
 
 def _plain_docs(world_dir, manifest) -> dict[str, str]:
     """Texts of the world's plain-text and JSONL documents (the formats that need no parser)."""
-    docs = {}
-    for d in manifest["documents"]:
-        path = world_dir / d["path"]
-        if d["format"] == "text":
-            docs[d["doc_id"]] = path.read_text(encoding="utf-8")
-        elif d["format"] == "jsonl":
-            line = path.read_text(encoding="utf-8").splitlines()[int(d["locator"]) - 1]
-            docs[d["doc_id"]] = json.loads(line)["text"]
-    return docs
+    from clinray.synthetic.reading import plain_documents
+
+    return {d["doc_id"]: d["text"] for d in plain_documents(world_dir, manifest)}
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pandas as pd
@@ -86,16 +85,12 @@ def test_clusters_keep_one_by_priority_then_length_then_id():
 
 
 def _plain_docs(world_dir, manifest) -> pd.DataFrame:
-    rows = []
-    for d in manifest["documents"]:
-        path = world_dir / d["path"]
-        if d["format"] == "text":
-            text = path.read_text(encoding="utf-8")
-        elif d["format"] == "jsonl":
-            text = json.loads(path.read_text(encoding="utf-8").splitlines()[int(d["locator"]) - 1])["text"]
-        else:
-            continue
-        rows.append({"id": d["doc_id"], "text": text, "source": d["source"]})
+    from clinray.synthetic.reading import plain_documents
+
+    rows = [
+        {"id": d["doc_id"], "text": d["text"], "source": d["source"]}
+        for d in plain_documents(world_dir, manifest)
+    ]
     return pd.DataFrame(rows)
 
 
