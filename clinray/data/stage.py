@@ -17,6 +17,7 @@ locator, id): a retried batch overwrites its own files instead of adding new one
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -311,7 +312,7 @@ class RowStageChain:
         return rows_to_table(rows)
 
 
-class Filter(RowStage):
+class Filter(RowStage, abc.ABC):
     """The datatrove-style filter contract: implement ``keep(row) -> (bool, reason)``.
 
     The base counts drops by reason and routes dropped rows to the rejects sink. ``keep`` may modify
@@ -320,8 +321,9 @@ class Filter(RowStage):
 
     name = "filter"
 
+    @abc.abstractmethod
     def keep(self, row: dict) -> tuple[bool, str | None]:
-        raise NotImplementedError
+        """``(True, None)`` to keep ``row``; ``(False, reason)`` to drop it."""
 
     def process(self, row: dict) -> dict:
         ok, reason = self.keep(row)
