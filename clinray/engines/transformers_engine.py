@@ -196,18 +196,9 @@ class TransformersEngine:
 
     def _score_chunks(self, todo: list):
         """Batches of up to ``max_batch_size`` contexts and ``max_options_per_batch`` continuations."""
-        chunk: list = []
-        num_options = 0
-        for item in todo:
-            if chunk and (
-                len(chunk) >= self.max_batch_size or num_options + len(item[1]) > self.max_options_per_batch
-            ):
-                yield chunk
-                chunk, num_options = [], 0
-            chunk.append(item)
-            num_options += len(item[1])
-        if chunk:
-            yield chunk
+        from clinray.models.scoring import chunk_requests
+
+        return chunk_requests(todo, max_prompts=self.max_batch_size, max_options=self.max_options_per_batch)
 
     def token_logprobs(self, text: str) -> list[tuple[str, int, float | None]]:
         """``(token text, character offset, log-probability)`` of every token of ``text`` (echo scoring)."""

@@ -27,7 +27,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from clinray.models.scoring import score_continuations
+from clinray.models.scoring import chunk_requests, score_continuations
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,7 @@ class PrefixCachedLM(HFLM):
     def _chunks(self, todo: list[tuple[tuple[int, ...], list[int]]]):
         """Batches of up to ``batch_size`` prompts and ``max_options_per_batch`` options."""
         size = self.batch_size if isinstance(self.batch_size, int) else 8
-        chunk: list = []
-        num_options = 0
-        for item in todo:
-            if chunk and (len(chunk) >= size or num_options + len(item[1]) > self.max_options_per_batch):
-                yield chunk
-                chunk, num_options = [], 0
-            chunk.append(item)
-            num_options += len(item[1])
-        if chunk:
-            yield chunk
+        return chunk_requests(todo, max_prompts=size, max_options=self.max_options_per_batch)
 
     def _score_batch(self, contexts: list[list[int]], continuations: list[list[list[int]]]):
         """Per prompt, the (log-likelihood, is-greedy) of each continuation; each prompt runs once.

@@ -19,6 +19,8 @@ the lm-eval scorer (:class:`clinray.eval.scorer.PrefixCachedLM`) and by
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -104,3 +106,20 @@ def score_continuations(
             greedy = greedy and bool((scores.argmax(-1) == targets).all())
         answers[q].append((float(total), greedy))
     return answers
+
+
+def chunk_requests(
+    items: Iterable[tuple[object, Sequence]], *, max_prompts: int, max_options: int
+) -> Iterator[list[tuple[object, Sequence]]]:
+    """Group ``(prompt, options)`` items into batches of at most ``max_prompts`` prompts and
+    ``max_options`` options in all (an item with more options than that still forms its own batch)."""
+    chunk: list = []
+    num_options = 0
+    for item in items:
+        if chunk and (len(chunk) >= max_prompts or num_options + len(item[1]) > max_options):
+            yield chunk
+            chunk, num_options = [], 0
+        chunk.append(item)
+        num_options += len(item[1])
+    if chunk:
+        yield chunk
