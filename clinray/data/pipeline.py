@@ -252,14 +252,23 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
     start = time.time()
     stages = build_stages(cfg)
     docs_dir = out / "docs"
+    # The row stages right after parsing (normalize, filters) run inside the parse tasks.
+    num_leading = next((i for i, (_, fn) in enumerate(stages) if not hasattr(fn, "make")), len(stages))
+    leading = [fn.make(ctx) for _, fn in stages[:num_leading]]
     with _shared_operator_resources():
-        ds = read_documents(cfg.inputs, cfg.readers, root=cfg.input_root, sink_root=ctx.sink_root)
-        ds = _apply_stages(ds, stages, ctx)
+        ds = read_documents(
+            cfg.inputs, cfg.readers, root=cfg.input_root, sink_root=ctx.sink_root, then=leading
+        )
+        ds = _apply_stages(ds, stages[num_leading:], ctx)
         ds = ds.drop_columns([REASON, DETAIL])
+        # Without global stages the write fuses into the parse tasks, whose input rows are file groups
+        # (see read_documents): a row minimum there would make Ray bundle all the groups into one task.
+        # Each parse call writes its own file of thousands of documents instead.
+        fused = num_leading == len(stages)
         ds.write_parquet(
             str(docs_dir),
             partition_cols=cfg.output.partition_cols or None,
-            min_rows_per_file=cfg.output.min_rows_per_file,
+            min_rows_per_file=None if fused else cfg.output.min_rows_per_file,
         )
     wall_s = time.time() - start
     stats = collect_stats(ctx.sink_root, order=["parse", *[name for name, _ in stages]])

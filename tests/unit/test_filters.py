@@ -214,13 +214,15 @@ def test_chained_row_stages_account_like_separate_ones(tmp_path):
     assert read_rejects(chained).num_rows == read_rejects(separate).num_rows == 2
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.text(
-        alphabet=st.sampled_from(list("ab é\u0301\t\n\r\f\v\u00a0\u2002\u200b\u3000\x00\x07\x85&;#x")),
-        max_size=40,
-    )
+_PIECES = (
+    list("ab é\u0301\t\n\r\f\v\u00a0\u2002\u200b\u3000\x00\x07\x85&;#x")
+    + list("\x1c\x1f\x7f\x9f\u1680\u2028\u2029\u202f\u205f")
+    + ["a b", "\n\n", "cd e\nf"]  # clean prose pieces: the fast path
 )
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=30).map("".join))
 def test_fast_normalize_equals_the_reference(text):
     from clinray.data import normalize
     from clinray.data import text as reference

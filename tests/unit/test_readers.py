@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 import tracemalloc
@@ -11,6 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clinray.data.readers import InputSpec, ReadersConfig, infer_format, parse_file
 from clinray.data.readers._io import file_stem
@@ -147,7 +150,7 @@ PAGE = """<!DOCTYPE html><html><head><title>Asthma guideline | Portal</title>
 </body></html>"""
 
 
-@pytest.mark.parametrize("extractor", ["trafilatura", "lxml"])
+@pytest.mark.parametrize("extractor", ["trafilatura", "lxml", "auto"])
 def test_html_main_content_only(tmp_path, extractor):
     (tmp_path / "page.html").write_text(PAGE)
     cfg = ReadersConfig(html_extractor=extractor)
@@ -166,7 +169,26 @@ def test_html_main_content_only(tmp_path, extractor):
         "Allergy",
     ):
         assert boilerplate not in text, (extractor, boilerplate)
-    assert json.loads(doc["metadata"])["title"] == "Asthma guideline | Portal"
+    meta = json.loads(doc["metadata"])
+    assert meta["title"] == "Asthma guideline | Portal"
+    assert meta["extractor"] == ("lxml" if extractor == "auto" else extractor)  # the page has <main>
+
+
+def test_html_auto_uses_trafilatura_where_the_page_does_not_mark_its_content(tmp_path):
+    """Without <main> (or with two <article>s, a listing page) the rules would not know where to look."""
+    unmarked = PAGE.replace("<main><article>", '<div class="content">').replace("</article></main>", "</div>")
+    listing = PAGE.replace(
+        "</article></main>", "</article><article><p>Teaser of another page.</p></article></main>"
+    )
+    listing = listing.replace("<main>", "").replace("</main>", "")
+    cfg = ReadersConfig(html_extractor="auto")
+    for name, page in (("unmarked", unmarked), ("listing", listing)):
+        (tmp_path / f"{name}.html").write_text(page)
+        [doc] = list(
+            parse_file(str(tmp_path / f"{name}.html"), spec=InputSpec(glob="*", source="g"), cfg=cfg)
+        )
+        assert json.loads(doc["metadata"])["extractor"] == "trafilatura", name
+        assert "first-line controller therapy" in doc["text"] and "Drug index" not in doc["text"]
 
 
 def test_pdf_text_layer_and_no_text_layer(tmp_path):
@@ -322,3 +344,44 @@ def test_generated_world_inputs_parse_to_manifest_ids(world_dir, world_manifest)
     for doc_id, d in want.items():
         assert (got[doc_id]["source"], got[doc_id]["domain"]) == (d["source"], d["domain"])
     assert len(rejects) == len(world_manifest["corrupt"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 70), max_size=12),
+    last_newline=st.booleans(),
+    cap=st.integers(5, 40),
+)
+def test_block_reader_agrees_with_the_line_reader(lengths, last_newline, cap):
+    """read_capped_lines (text files, block at a time) gives the verdict the line-by-line reader gives."""
+    from clinray.data.readers._io import ReaderError, iter_capped_lines, read_capped_lines
+
+    data = b"\n".join(b"x" * n for n in lengths) + (b"\n" if last_newline and lengths else b"")
+    too_long = next(
+        (n for n, line in iter_capped_lines(io.BytesIO(data), max_line_bytes=cap) if line is None), 0
+    )
+    try:
+        out = read_capped_lines(io.BytesIO(data), max_line_bytes=cap, max_bytes=10_000)
+    except ReaderError as err:
+        assert err.reason == "line_too_long" and too_long and f"line {too_long} " in err.detail
+    else:
+        assert not too_long and out == data
+    if len(data) > 10:
+        with pytest.raises(ReaderError, match="file_too_large"):
+            read_capped_lines(io.BytesIO(data), max_line_bytes=10_000, max_bytes=10)
+
+
+def test_interleave_mixes_formats_into_every_batch():
+    """Files are listed spec by spec; the parse batches must each get a share of every format."""
+    from clinray.data.readers import interleave
+
+    files = [
+        {"path": f"/w/{kind}/{i}.{kind}", "spec": s}
+        for s, kind in enumerate(("html", "txt"))
+        for i in range(400)
+    ]
+    mixed = interleave(files)
+    assert sorted(f["path"] for f in mixed) == sorted(f["path"] for f in files)
+    assert mixed == interleave(list(reversed(files)))  # deterministic, whatever the listing order
+    for start in range(0, 800, 100):
+        assert 25 <= sum(f["spec"] == 0 for f in mixed[start : start + 100]) <= 75

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from clinray.data.readers.pdf import read_pdf
 from clinray.data.readers.records import read_jsonl, read_parquet
 from clinray.data.readers.text import read_text
 from clinray.data.schema import DOMAINS
-from clinray.data.stage import Accountant, batch_key, table_rows
+from clinray.data.stage import Accountant, RowStage, RowStageChain, batch_key, rows_to_table, table_rows
 
 FORMATS = ("auto", "jsonl", "parquet", "text", "markdown", "html", "jats", "medline", "pdf")
 _EXT_FORMAT = {
@@ -78,7 +80,10 @@ class ReadersConfig:
     """How files are parsed."""
 
     concurrency: int = 2
-    """Parser actors (each parses whole files; one CPU each)."""
+    """Parsers running at once (one CPU each). With ``compute: tasks``, a value at or above the cluster's
+    CPUs leaves the cap to Ray, which lets the parse tasks also write their Parquet output (one fused
+    task, no copy of the documents through the object store); a lower value caps the parse tasks and
+    the write runs as separate tasks."""
     files_per_batch: int = 0
     """Files handed to a parser per call; 0 = automatic: about ``block_mb`` of input per call, and at
     least ``4 x concurrency`` calls. Each call is a Ray task with fixed costs (scheduling, a stats file per
@@ -89,8 +94,10 @@ class ReadersConfig:
     """JSONL and text: a longer line is a ``line_too_long`` reject (read in chunks, never whole)."""
     max_file_bytes: int = 512_000_000
     """Whole-file formats (HTML, XML, PDF, text): larger (decompressed) files are ``file_too_large``."""
-    html_extractor: Literal["trafilatura", "lxml"] = "trafilatura"
-    """Main-content extractor for HTML (see ``clinray.data.readers.html``)."""
+    html_extractor: Literal["auto", "trafilatura", "lxml"] = "auto"
+    """Main-content extractor for HTML (see ``clinray.data.readers.html``): ``auto`` uses the rule-based
+    ``lxml`` cleaner on pages that mark their content with ``<main>`` or one ``<article>``, and
+    trafilatura's heuristics on pages that do not."""
     jats_captions: bool = False
     """JATS: append figure and table captions after the body."""
     compute: Literal["tasks", "actors"] = "tasks"
@@ -159,24 +166,39 @@ def expand_inputs(inputs: list[InputSpec], *, root: str | os.PathLike) -> list[d
     """File-list rows ``{path, spec index}``, sorted per spec; a file matched twice goes to its first spec."""
     seen, files = set(), []
     for index, spec in enumerate(inputs):
-        pattern = spec.glob if os.path.isabs(spec.glob) else os.path.join(str(root), spec.glob)
+        pattern = os.path.abspath(os.path.join(str(root), spec.glob))  # absolute paths out of glob
         for path in sorted(glob.glob(pattern, recursive=True)):
-            if os.path.isfile(path) and path not in seen:
+            if path in seen:
+                continue
+            info = os.stat(path)  # one stat per file: is it a file, and its size
+            if stat.S_ISREG(info.st_mode):
                 seen.add(path)
-                files.append({"path": os.path.abspath(path), "spec": index, "size": os.path.getsize(path)})
+                files.append({"path": path, "spec": index, "size": info.st_size})
     return files
 
 
 class ParseFiles:
-    """``map_batches`` actor: parse a batch of files and run the ``parse`` stage's accounting."""
+    """``map_batches`` UDF: parse a batch of files and run the ``parse`` stage's accounting, then the
+    row stages handed in ``then`` (normalize, filters), each with its own accounting.
 
-    def __init__(self, inputs: list[InputSpec], cfg: ReadersConfig, *, sink_root: str):
+    Running the row stages here, on the parsed rows, saves an Arrow round trip and a Ray Data operator
+    per batch; the counts and rejects are the same as running them as separate ``map_batches`` calls.
+    """
+
+    def __init__(
+        self, inputs: list[InputSpec], cfg: ReadersConfig, *, sink_root: str, then: list[RowStage] = ()
+    ):
         self.inputs, self.cfg = inputs, cfg
         self.accountant = Accountant("parse", sink_root=sink_root)
+        self.then = RowStageChain(then) if then else None
 
     def __call__(self, batch):
         start = time.time()
-        files = table_rows(batch)
+        files = [  # each row is one call's file group (see read_documents)
+            {"path": path, "spec": spec, "size": size}
+            for group in table_rows(batch)
+            for path, spec, size in zip(group["path"], group["spec"], group["size"], strict=True)
+        ]
         rows, rejected_files, files_with_docs = [], 0, 0
         for item in files:
             spec = self.inputs[item["spec"]]
@@ -194,40 +216,77 @@ class ParseFiles:
             "num_files_without_docs": rejected_files,
         }
         key = batch_key(files, fields=("path",))
-        return self.accountant.account(
+        rows = self.accountant.account_rows(
             rows, key=key, start=start, num_bytes_in=sum(f["size"] for f in files), extra=extra
         )
+        if self.then:
+            rows = self.then.run_rows(rows, key=key, num_bytes_in=self.accountant.last_bytes_out)
+        return rows_to_table(rows)
 
 
 def files_per_call(files: list[dict], cfg: ReadersConfig) -> int:
-    """Automatic batching: about ``block_mb`` per call, at least 4 calls per parser, 1 to 10,000 files each."""
+    """Automatic batching: about ``block_mb`` per call, at least 4 calls per parser and a whole number of
+    calls per parser, 1 to 10,000 files each."""
     total_mb = sum(f["size"] for f in files) / 1e6
     num_calls = max(4 * cfg.concurrency, int(total_mb / cfg.block_mb) + 1)
+    num_calls = -(-num_calls // cfg.concurrency) * cfg.concurrency  # whole rounds: no lone last call
     return max(1, min(10_000, -(-len(files) // num_calls)))
 
 
-def read_documents(inputs: list[InputSpec], cfg: ReadersConfig, *, root: str | os.PathLike, sink_root: str):
-    """The ``parse`` stage: a lazy Ray Dataset of working-schema document rows from ``inputs``."""
+def interleave(files: list[dict]) -> list[dict]:
+    """The file list in a fixed pseudo-random order (by a hash of the path).
+
+    ``expand_inputs`` lists files spec by spec, so consecutive files share a format, and formats differ
+    tenfold in cost per byte (HTML extraction against plain text): batches cut from that order leave one
+    worker with all the HTML while the other idles. Mixed batches cost about the same, so workers finish
+    together. The order is deterministic, so reruns batch the same way.
+    """
+    return sorted(files, key=lambda f: hashlib.blake2b(f["path"].encode(), digest_size=8).digest())
+
+
+def read_documents(
+    inputs: list[InputSpec],
+    cfg: ReadersConfig,
+    *,
+    root: str | os.PathLike,
+    sink_root: str,
+    then: list[RowStage] = (),
+):
+    """The ``parse`` stage: a lazy Ray Dataset of working-schema document rows from ``inputs``.
+
+    ``then``: row stages to run on each parsed batch in the same task (see :class:`ParseFiles`).
+    """
     import ray
 
     files = expand_inputs(inputs, root=root)
     if not files:
         globs = [os.path.join(str(root), s.glob) for s in inputs]
         raise ValueError(f"no input files matched {globs}; check input_root and the inputs' globs")
+    files = interleave(files)
     per_batch = cfg.files_per_batch or files_per_call(files, cfg)
-    num_blocks = max(1, -(-len(files) // per_batch))
-    ds = ray.data.from_items(files, override_num_blocks=num_blocks)
+    # One row (and one block) per parser call, holding its files as lists: tens of thousands of files
+    # cost the driver a few dozen rows, and batch_size=None below maps each block whole, so calls never
+    # straddle blocks (a straddling batch size leaves odd remainder calls).
+    groups = [
+        {key: [f[key] for f in files[i : i + per_batch]] for key in ("path", "spec", "size")}
+        for i in range(0, len(files), per_batch)
+    ]
+    ds = ray.data.from_items(groups, override_num_blocks=len(groups))
+    kwargs = {"inputs": inputs, "cfg": cfg, "sink_root": str(sink_root), "then": list(then)}
     if cfg.compute == "actors":
         return ds.map_batches(
             ParseFiles,
-            fn_constructor_kwargs={"inputs": inputs, "cfg": cfg, "sink_root": str(sink_root)},
-            batch_size=per_batch,
+            fn_constructor_kwargs=kwargs,
+            batch_size=None,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
         )
+    # Ray Data fuses task-pool operators only when their caps match, and the write has none: cap the
+    # parse tasks only when the cap binds (see ReadersConfig.concurrency).
+    cap = cfg.concurrency if cfg.concurrency < ray.cluster_resources().get("CPU", 0) else None
     return ds.map_batches(
-        ParseFiles(inputs, cfg, sink_root=str(sink_root)),
-        batch_size=per_batch,
+        ParseFiles(**kwargs),
+        batch_size=None,
         batch_format="pyarrow",
-        compute=ray.data.TaskPoolStrategy(size=cfg.concurrency),
+        compute=ray.data.TaskPoolStrategy(size=cap),
     )

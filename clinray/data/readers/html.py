@@ -1,11 +1,18 @@
 """HTML: the main content only, without navigation, headers, footers, scripts, styles or cookie banners.
 
-Two extractors, by config. ``trafilatura`` (default) is the field-standard boilerplate remover used
-to build web pretraining corpora (it is also what datatrove's extractor wraps); it is robust on real
-pages and slower. ``lxml`` is a rule-based cleaner: it drops script/style/nav/header/footer/aside/form
-elements and any element whose id or class names a cookie banner, consent box, menu or sidebar, then
-takes the text of ``<main>``/``<article>`` (else ``<body>``). It is several times faster and exact on
-well-structured pages (guidelines, publisher pages), and weaker on messy ones.
+Three settings of ``readers.html_extractor``:
+
+* ``trafilatura``: the field-standard boilerplate remover used to build web pretraining corpora (also
+  what datatrove's extractor wraps). Heuristics on text and link density find the content on any page;
+  about 0.7 ms per small page.
+* ``lxml``: a rule-based cleaner. It drops script/style/nav/header/footer/aside/form elements and any
+  element whose id or class names a cookie banner, consent box, menu or sidebar, then takes the text of
+  ``<main>``/``<article>`` (else ``<body>``). About ten times faster, exact on well-structured pages
+  (guidelines, publisher pages), weaker on messy ones.
+* ``auto`` (default): ``lxml`` for pages that say where their content is (exactly one ``<main>``, or no
+  ``<main>`` and exactly one ``<article>``: HTML5's own markers of the main content), trafilatura for
+  the rest. Clinical guideline and publisher sites are mostly the first kind, scraped pages without
+  those markers the second. ``metadata.extractor`` records which one read each page.
 """
 
 from __future__ import annotations
@@ -62,10 +69,22 @@ _BLOCK_TAGS = {
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
-def _lxml_extract(markup: str) -> str:
+_CONTENT_MARKER = re.compile(r"<(main|article)[\s>]", re.IGNORECASE)
+
+
+def _marked_content_root(root):
+    """The page's one ``<main>`` (else its one ``<article>``), or None when the page does not say."""
+    mains = root.findall(".//main")
+    if mains:
+        return mains[0] if len(mains) == 1 else None
+    articles = root.findall(".//article")
+    return articles[0] if len(articles) == 1 else None
+
+
+def _lxml_extract(markup: str, *, root=None) -> str:
     import lxml.html
 
-    root = lxml.html.document_fromstring(markup)
+    root = lxml.html.document_fromstring(markup) if root is None else root
     for el in list(root.iter(*_BOILERPLATE_TAGS)):
         if el.getparent() is not None:
             el.drop_tree()
@@ -113,25 +132,39 @@ def _trafilatura_extract(markup: str) -> str | None:
     )
 
 
-def extract_main_text(markup: str, *, extractor: str = "trafilatura") -> str:
-    """The main text of an HTML page (raises ``no_main_content`` when nothing is left)."""
+def _auto_extract(markup: str) -> tuple[str | None, str]:
+    """``(text, extractor used)``: the rule-based cleaner when the page marks its content root."""
+    if _CONTENT_MARKER.search(markup):
+        import lxml.html
+
+        root = lxml.html.document_fromstring(markup)
+        if _marked_content_root(root) is not None:
+            return _lxml_extract(markup, root=root), "lxml"
+    return _trafilatura_extract(markup), "trafilatura"
+
+
+def extract_main_text(markup: str, *, extractor: str = "auto") -> tuple[str, str]:
+    """``(main text, extractor used)`` of an HTML page (raises ``no_main_content`` when nothing is left)."""
     try:
-        text = _lxml_extract(markup) if extractor == "lxml" else _trafilatura_extract(markup)
+        if extractor == "auto":
+            text, extractor = _auto_extract(markup)
+        else:
+            text = _lxml_extract(markup) if extractor == "lxml" else _trafilatura_extract(markup)
     except (ValueError, TypeError) as exc:
         raise ReaderError("html_error", f"{type(exc).__name__}: {exc}") from exc
     if not text or not text.strip():
         raise ReaderError("no_main_content", f"{extractor} found no main content")
-    return text
+    return text, extractor
 
 
 def read_html(path: str, *, spec, cfg) -> Iterator[dict]:
     doc_id = file_stem(path)
     try:
         markup = decode_text(read_all(path, max_bytes=cfg.max_file_bytes))
-        text = extract_main_text(markup, extractor=cfg.html_extractor)
+        text, extractor = extract_main_text(markup, extractor=cfg.html_extractor)
         match = _TITLE.search(markup[:20000])
         title = " ".join(match.group(1).split()) if match else None
-        meta = {"title": title, "extractor": cfg.html_extractor}
+        meta = {"title": title, "extractor": extractor}
         yield doc_row(doc_id=doc_id, text=text, spec=spec, fmt="html", path=path, metadata=meta)
     except ReaderError as err:
         yield reject_row(err, spec=spec, fmt="html", path=path, doc_id=doc_id)
