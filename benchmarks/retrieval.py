@@ -6,8 +6,10 @@
    product over the same vectors, which also gives Milvus's recall@5.
 2. The same tiny model (built from the tiny world) answers the same questions with static 5-shot CoT
    (one run) and with the 5-run choice-shuffle ensemble (five prompts of the same length, generated as
-   one batch by :class:`TransformersEngine`); ``ratio`` = ensemble time / single time (target <= 2).
-   Peer: the ensemble's five prompts generated one after another (no batching).
+   one batch by :class:`TransformersEngine`), 256 new tokens each (MedpromptConfig's default); ``ratio``
+   = ensemble time / single time (target <= 2). Peer: the ensemble's five prompts generated one after
+   another (no batching). ``generate_ratio`` times generation alone; the rest of a run is the option
+   scoring that follows an unparsable answer (always, for a random tiny model).
 """
 
 from __future__ import annotations
@@ -96,15 +98,18 @@ def bench_search(num_examples: int, num_queries: int, workdir: Path, *, index_ty
     }
 
 
-def _tiny_setup(workdir: Path):
-    from clinray.models.tiny import build_tiny_model
+def _tiny_setup(workdir: Path, *, max_positions: int = 2048):
+    from clinray.models.tiny import TinyModelConfig, build_tiny_model
     from clinray.prompting.templates import Example
     from clinray.retrieval.build_index import IndexConfig, load_examples, options_and_answer
     from clinray.synthetic import generate_world
 
     world = workdir / "world"
     generate_world(world, seed=0, scale=1.0)
-    model = build_tiny_model(world / "corpus", workdir / "tiny_model")
+    # room for the 5-shot prompt (~900 tokens) and MedpromptConfig's default 256 new tokens
+    model = build_tiny_model(
+        world / "corpus", workdir / "tiny_model", TinyModelConfig(max_position_embeddings=max_positions)
+    )
     rows, _ = load_examples(IndexConfig(world=str(world)))
     import json
 
@@ -149,15 +154,24 @@ def _generate_only(engine, items, pool, cfg, *, max_new_tokens: int, repeats: in
     }
 
 
-def bench_ensemble(workdir: Path, *, num_questions: int, max_new_tokens: int, repeats: int) -> dict:
+def bench_ensemble(
+    workdir: Path,
+    *,
+    num_questions: int,
+    max_new_tokens: int,
+    repeats: int,
+    device: str = "cpu",
+    model: str | None = None,
+) -> dict:
     from clinray.engines.transformers_engine import TransformersEngine
     from clinray.prompting.medprompt import MedpromptConfig, answer_batch
 
-    model, pool, items = _tiny_setup(workdir)
+    tiny_model, pool, items = _tiny_setup(workdir)
+    model = model or tiny_model
     items = items[:num_questions]
     # a random tiny model emits EOS after a few tokens; a real CoT runs for hundreds, so every run
     # generates exactly max_new_tokens (as vLLM's ignore_eos does in its benchmarks)
-    engine = TransformersEngine(model, device="cpu", max_batch_size=16, ignore_eos=True)
+    engine = TransformersEngine(model, device=device, max_batch_size=16, ignore_eos=True)
     # the single run samples at the ensemble's temperature too, so both stop at EOS alike
     single_cfg = MedpromptConfig(
         strategy="static_fewshot_cot", max_new_tokens=max_new_tokens, temperature=0.2
@@ -207,6 +221,8 @@ def bench_ensemble(workdir: Path, *, num_questions: int, max_new_tokens: int, re
         "ratio_sequential_peer": round(q / s, 3),
         **gen,
         "torch_threads": __import__("torch").get_num_threads(),
+        "device": engine.device,
+        "model": "tiny (built from the tiny world)" if model == tiny_model else str(model),
     }
 
 
@@ -219,10 +235,13 @@ def main() -> None:
         choices=["HNSW", "IVF_FLAT"],
         help="full run only: also measure this index type (HNSW over 100k takes minutes to build)",
     )
+    p.add_argument("--device", default="cpu", help="ensemble part: cpu, cuda or auto (a GPU for the target)")
+    p.add_argument("--model", default=None, help="ensemble part: a model folder instead of the tiny model")
     args = p.parse_args()
     num_examples, num_queries = (20_000, 100) if args.quick else (100_000, 300)
     index_types = ["FLAT"] if args.quick else ["FLAT", *args.extra_index]
-    num_questions, max_new_tokens, repeats = (2, 128, 2) if args.quick else (4, 128, 3)
+    # full: MedpromptConfig's default max_new_tokens (256); quick: shorter, for a smoke test
+    num_questions, max_new_tokens, repeats = (2, 128, 2) if args.quick else (4, 256, 3)
     search: dict = {"milvus_lite": __import__("milvus_lite").__version__, "index_types": index_types}
     with tempfile.TemporaryDirectory() as tmp:
         for index_type in index_types:
@@ -231,7 +250,12 @@ def main() -> None:
             print(f"[retrieval] {search}", file=sys.stderr, flush=True)
         print("[retrieval] ensemble vs single on the tiny model", file=sys.stderr)
         ensemble = bench_ensemble(
-            Path(tmp), num_questions=num_questions, max_new_tokens=max_new_tokens, repeats=repeats
+            Path(tmp),
+            num_questions=num_questions,
+            max_new_tokens=max_new_tokens,
+            repeats=repeats,
+            device=args.device,
+            model=args.model,
         )
     write_result(
         "retrieval",

@@ -1,7 +1,8 @@
 """In-process generation with Hugging Face transformers (CPU or GPU).
 
 Prompts are generated in batches with left padding, so the n prompts of a choice-shuffle ensemble
-cost one batched ``generate`` rather than n (the retrieval benchmark measures the ratio). Scoring runs each
+cost one batched ``generate`` rather than n (the retrieval benchmark measures the ratio), with a
+key/value cache that grows in place (:mod:`clinray.engines.kv_cache`) rather than by a copy per token. Scoring runs each
 distinct context once and every continuation on top of its key/value cache
 (:func:`clinray.models.scoring.score_continuations`, shared with the lm-eval scorer), and sums the
 log-probabilities of the continuation tokens; the continuation's tokens are those of the whole text
@@ -102,6 +103,8 @@ class TransformersEngine:
         """One completion per prompt, in batches of ``max_batch_size``, cut at the first stop string."""
         import torch
 
+        from clinray.engines.kv_cache import growing_cache
+
         if not prompts:
             return []
         if seed is not None:
@@ -116,9 +119,11 @@ class TransformersEngine:
                 if sample
                 else {"do_sample": False}
             )
+            cache = growing_cache(self.model.config, total_length=enc["input_ids"].shape[1] + max_new_tokens)
             with torch.inference_mode():
                 ids = self.model.generate(
                     **enc,
+                    **({"past_key_values": cache} if cache is not None else {}),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=self.tokenizer.eos_token_id,

@@ -111,3 +111,37 @@ def test_score_continuations_without_logits_to_keep_and_greedy(engine):
     assert score_continuations(engine.model, [ctx[1]], [[[nxt]]], **kwargs)[0][0][1] is True
     with pytest.raises(ValueError, match="at least one token"):
         score_continuations(engine.model, [ctx[1]], [[[]]], **kwargs)
+
+
+def test_growing_cache_generates_exactly_what_the_default_cache_does(engine):
+    """Greedy generation of a left-padded batch: same tokens with the in-place cache as with DynamicCache."""
+    import torch
+
+    from clinray.engines.kv_cache import GrowingLayer, growing_cache
+
+    prompts = [
+        "Patients with asthma",
+        "A long prompt about renal impairment and the dosing of drugs in it " * 3,
+    ]
+    enc = engine._encode_prompts(prompts, max_new_tokens=24)
+    kwargs = {"max_new_tokens": 24, "do_sample": False, "pad_token_id": engine.tokenizer.pad_token_id}
+    cache = growing_cache(engine.model.config, total_length=enc["input_ids"].shape[1] + 24)
+    assert cache is not None and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
+    with torch.inference_mode():
+        default = engine.model.generate(**enc, **kwargs)
+        grown = engine.model.generate(**enc, **kwargs, past_key_values=cache)
+    assert torch.equal(default, grown)
+    layer = cache.layers[0]
+    assert layer.keys.shape[-2] == enc["input_ids"].shape[1] + 23  # every position but the last token's
+    assert layer.keys.data_ptr() == layer._key_buffer.data_ptr()  # a view of the buffer, not a copy
+
+
+def test_growing_cache_steps_aside_for_a_short_sliding_window(engine):
+    import copy
+
+    from clinray.engines.kv_cache import growing_cache
+
+    config = copy.deepcopy(engine.model.config)
+    config.sliding_window = 64
+    assert growing_cache(config, total_length=65) is None
+    assert growing_cache(config, total_length=64) is not None
