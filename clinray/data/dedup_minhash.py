@@ -351,14 +351,15 @@ def minhash_dedup(
     import ray
 
     cfg = cfg or MinHashConfig()
+    # A barrier: clusters need every document, and the three passes below must read one execution of
+    # the upstream stages (re-running them would redo their work); spills to disk when large. Nothing
+    # may look at the lazy dataset before it: even ds.columns() executes the upstream plan.
+    ds = ds.materialize()
     missing = {"id", "text", "source"} - set(ds.columns())
     if missing:
         raise ValueError(
             f"minhash dedup needs document columns {sorted(missing)} (see clinray/data/schema.py)"
         )
-    # A barrier: clusters need every document, and the three passes below must read one execution of
-    # the upstream stages (re-running them would re-count their accounting); spills to disk when large.
-    ds = ds.materialize()
     clusters, summary = find_clusters(ds, cfg)
     removed = {d: c for d, c, k in zip(clusters["doc_id"], clusters["cluster_id"], clusters["kept"]) if not k}
     sizes = {

@@ -261,10 +261,10 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
         )
         ds = _apply_stages(ds, stages[num_leading:], ctx)
         ds = ds.drop_columns([REASON, DETAIL])
-        # Without global stages the write fuses into the parse tasks, whose input rows are file groups
-        # (see read_documents): a row minimum there would make Ray bundle all the groups into one task.
-        # Each parse call writes its own file of thousands of documents instead.
-        fused = num_leading == len(stages)
+        # Without global stages and with parse tasks, the write fuses into the parse tasks, whose input
+        # rows are file groups (see read_documents): a row minimum there would make Ray bundle all the
+        # groups into one task. Each parse call writes its own file of thousands of documents instead.
+        fused = num_leading == len(stages) and cfg.readers.compute == "tasks"
         ds.write_parquet(
             str(docs_dir),
             partition_cols=cfg.output.partition_cols or None,

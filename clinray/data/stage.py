@@ -109,14 +109,11 @@ def text_bytes(text: str | None) -> int:
 
 
 def batch_key(rows: Iterable[dict], *, fields: tuple[str, ...] = ("input_file", "locator", "id")) -> str:
-    """A deterministic name for a batch: the same rows give the same key (so retries overwrite)."""
-    digest = hashlib.sha1()
-    for row in rows:
-        for field in fields:
-            digest.update(str(row.get(field)).encode("utf-8", "surrogatepass"))
-            digest.update(b"\x1f")
-        digest.update(b"\x1e")
-    return digest.hexdigest()[:20]
+    """A deterministic name for a batch: the same rows give the same key (so retries overwrite), in
+    whatever order they come (a re-executed shuffle can deliver a block's rows in another order)."""
+    sep = "\x1f"
+    identities = sorted(sep.join(str(row.get(field)) for field in fields) for row in rows)
+    return hashlib.sha1("\x1e".join(identities).encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def reject_record(row: dict, *, stage: str, reason: str, detail: str | None = None) -> dict:

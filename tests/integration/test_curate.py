@@ -149,3 +149,29 @@ def test_actor_pool_parsers_and_pii_redaction(ray_local, tmp_path):
         "num_redacted_mrn": 1,
         "num_docs_redacted": 2,
     }
+
+
+def test_row_stages_and_write_fuse_into_balanced_parse_calls(ray_local, world_dir, tmp_path):
+    """Without a global stage, each parse call runs the row stages and writes its own Parquet file: the
+    calls stay separate tasks (none bundled into one) and every call gets a mix of formats."""
+    cfg = load(
+        CurateConfig,
+        ROOT / "configs/tiny/curate.yaml",
+        [
+            f"input_root={world_dir / 'corpus'}",
+            f"output.dir={tmp_path / 'out'}",
+            "output.partition_cols=[]",
+            "exact_dedup.enabled=false",
+            *ISSUE_C_OFF,
+        ],
+    )
+    result = run_curation(cfg)
+    assert result.problems == []
+    parse = result.stages["parse"]
+    assert parse.num_batches >= 4 * cfg.readers.concurrency
+    assert result.stages["normalize"].num_batches == parse.num_batches  # run inside each parse call
+    files = sorted(result.docs_dir.glob("*.parquet"))
+    assert len(files) == parse.num_batches  # one file per call: no call was bundled with another
+    assert sum(pq.read_metadata(f).num_rows for f in files) == result.num_docs
+    formats = [set(pq.read_table(f, columns=["format"]).column("format").to_pylist()) for f in files]
+    assert all(len(kinds) >= 3 for kinds in formats), formats

@@ -145,3 +145,42 @@ def test_packed_blocks_have_context_length_and_manifest_counts(curated, tiny_mod
     ratio = plan["general"]["selected_tokens"] / plan["clinical"]["selected_tokens"]
     assert abs(ratio - 15 / 50) < 0.02
     assert json.loads((tmp_path / "blocks" / "manifest.json").read_text())["epochs"] == 4
+
+
+def test_global_stages_run_the_upstream_once(ray_local, tmp_path):
+    """MinHash and substring dedup each read one execution of what came before them: a stage that looks
+    at the lazy dataset first (even ``ds.columns()``) would run parsing and its accounting twice."""
+    import ray
+
+    from clinray.data.dedup_minhash import MinHashConfig, minhash_dedup
+    from clinray.data.dedup_substring import SubstringConfig, substring_dedup
+
+    calls = tmp_path / "calls"
+    calls.mkdir()
+
+    def upstream(batch):
+        import uuid
+
+        (calls / uuid.uuid4().hex).touch()  # one file per execution of this block
+        return batch
+
+    rows = [
+        {"id": f"d{i}", "text": f"document {i} " + " ".join(f"w{i}x{j}" for j in range(40)), "source": "s"}
+        for i in range(40)
+    ]
+    for name, stage in (
+        ("minhash", lambda ds: minhash_dedup(ds, MinHashConfig(), sink_root=str(tmp_path / "mh"))),
+        ("substring", lambda ds: substring_dedup(ds, SubstringConfig(), sink_root=str(tmp_path / "ss"))),
+    ):
+        for f in calls.iterdir():
+            f.unlink()
+        ds = ray.data.from_items(rows, override_num_blocks=4).map_batches(upstream, batch_format="pyarrow")
+        assert stage(ds).count() == len(rows), name
+        assert len(list(calls.iterdir())) == 4, name  # each of the 4 blocks ran once
+
+
+def test_batch_key_ignores_row_order():
+    from clinray.data.stage import batch_key
+
+    rows = [{"input_file": f"f{i}", "locator": None, "id": str(i)} for i in range(5)]
+    assert batch_key(rows) == batch_key(list(reversed(rows))) != batch_key(rows[:4])
