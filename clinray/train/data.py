@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 IGNORE_INDEX = -100
-__all__ = ["DataPosition", "read_manifest", "build_dataset", "iter_micro_batches", "blocks_from_corpus"]
+__all__ = ["DataPosition", "build_dataset", "iter_micro_batches", "blocks_from_corpus"]
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -31,19 +31,6 @@ class DataPosition:
 
     epoch: int = 0
     num_batches: int = 0
-
-
-def read_manifest(path: str | Path) -> dict:
-    """Read ``manifest.json`` of a token-block folder and check it names ``seq_len``."""
-    manifest_path = Path(path) / "manifest.json"
-    if not manifest_path.is_file():
-        raise ValueError(f"{manifest_path} is missing: is {path!r} the output folder of `clinray pack`?")
-    manifest = json.loads(manifest_path.read_text())
-    if not isinstance(manifest.get("seq_len"), int) or manifest["seq_len"] < 2:
-        raise ValueError(
-            f"{manifest_path} must give an integer seq_len >= 2, got {manifest.get('seq_len')!r}"
-        )
-    return manifest
 
 
 def build_dataset(path: str | Path, *, materialize_below_mb: float = 0.0):
@@ -187,6 +174,8 @@ def blocks_from_corpus(
         "num_blocks": len(rows_ids),
         "tokens_per_source": tokens_per_source,
         "blocks_per_source": blocks_per_source,
+        "epochs": 1,
+        "mixture": None,  # each domain whole, no token-ratio mixing (clinray pack does that)
         "producer": "clinray.train.data.blocks_from_corpus",
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

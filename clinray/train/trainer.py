@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 from clinray.config import dump, to_dict
+from clinray.data.blocks import read_block_manifest
 from clinray.train.config import PretrainConfig
-from clinray.train.data import build_dataset, read_manifest
+from clinray.train.data import build_dataset
 
 __all__ = ["plan_run", "build_trainer", "run_pretrain"]
 
@@ -25,7 +26,7 @@ def plan_run(cfg: PretrainConfig) -> dict:
     cfg.model.path = str(Path(cfg.model.path).resolve()) if cfg.model.path else cfg.model.path
     cfg.data.path = str(Path(cfg.data.path).resolve()) if cfg.data.path else cfg.data.path
     cfg.validate_paths()
-    manifest = read_manifest(cfg.data.path)
+    manifest = read_block_manifest(cfg.data.path)
     seq_len = manifest["seq_len"]
     model_cfg = json.loads((Path(cfg.model.path) / "config.json").read_text())
     if seq_len > model_cfg.get("max_position_embeddings", seq_len):

@@ -19,7 +19,16 @@ def test_relative_paths_reach_workers_absolute(tmp_path, monkeypatch):
         json.dumps({"max_position_embeddings": 1024, "num_hidden_layers": 4, "hidden_size": 128})
     )
     (tmp_path / "blocks").mkdir()
-    (tmp_path / "blocks" / "manifest.json").write_text(json.dumps({"seq_len": 128}))
+    manifest = {
+        "seq_len": 128,
+        "tokenizer": "model",
+        "num_blocks": 2,
+        "tokens_per_source": {"clinical": 256},
+        "blocks_per_source": {"clinical": 2},
+        "epochs": 1,
+        "mixture": None,
+    }
+    (tmp_path / "blocks" / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.chdir(tmp_path)
     cfg = load(PretrainConfig, RECIPE, ["model.path=model", "data.path=blocks", "run.storage_path=runs"])
     plan = plan_run(cfg)
