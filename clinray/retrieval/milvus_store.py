@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -64,15 +66,28 @@ class StoreConfig:
 
 
 class MilvusExampleStore:
-    """A Milvus collection of :class:`~clinray.prompting.templates.Example` rows with vectors."""
+    """A Milvus collection of :class:`~clinray.prompting.templates.Example` rows with vectors.
+
+    Milvus Lite runs one embedded server per ``*.db`` file per process and holds a file lock on it
+    until that server stops; ``MilvusClient.close()`` alone does not stop it, so a process that built
+    an index kept every other process (a serving replica, the next job) from opening the file. The
+    last store of a process to close a Lite file stops its server.
+    """
+
+    _lite_users: ClassVar[Counter] = Counter()
+    """Open stores per Milvus Lite file in this process."""
 
     def __init__(self, cfg: StoreConfig) -> None:
         from pymilvus import MilvusClient
 
         self.cfg = cfg
+        self._lite_path = None
         if not cfg.uri.startswith(("http://", "https://", "tcp://")):
             Path(cfg.uri).parent.mkdir(parents=True, exist_ok=True)
+            self._lite_path = os.path.abspath(cfg.uri)
         self.client = MilvusClient(cfg.uri, token=cfg.token) if cfg.token else MilvusClient(cfg.uri)
+        if self._lite_path:
+            MilvusExampleStore._lite_users[self._lite_path] += 1
         self._loaded = False
 
     def _load(self) -> None:
@@ -189,7 +204,20 @@ class MilvusExampleStore:
         return sorted((_to_example(r) for r in rows), key=lambda ex: ex.id)
 
     def close(self) -> None:
+        """Close the client; the last store of this process on a Milvus Lite file also stops its server
+        (releasing the file's lock for other processes). Closing twice is harmless."""
+        if self.client is None:
+            return
         self.client.close()
+        self.client = None
+        if self._lite_path:
+            users = MilvusExampleStore._lite_users
+            users[self._lite_path] -= 1
+            if users[self._lite_path] <= 0:
+                del users[self._lite_path]
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self._lite_path)
 
 
 def _to_example(entity: dict[str, Any]) -> Example:

@@ -181,3 +181,45 @@ def test_index_build_counts_rejects_and_rebuild_is_idempotent(ray_local, tmp_pat
     by_id = {ex.id: ex for ex in pool}
     assert by_id["mm0"].answer == "y" and by_id["mm0"].source == "medmcqa"
     assert by_id["mq3"].explanation == "Because 3." and by_id["mq3"].answer_index == 3
+
+
+def test_an_index_built_here_is_searched_from_another_process(embedder, tmp_path):
+    """The serving replica opens the index the build wrote: another process, after the builder closed."""
+    import subprocess
+    import sys
+    import textwrap
+
+    uri = str(tmp_path / "handoff.db")
+    store = MilvusExampleStore(StoreConfig(uri=uri, index_type="FLAT", dim=4))
+    store.ensure_collection()
+    basis = np.eye(4, dtype=np.float32)
+    store.upsert(
+        [
+            {
+                "id": f"e{i}",
+                "vector": basis[i],
+                "question": f"Question {i}?",
+                "options": list(OPTIONS),
+                "answer_index": i,
+                "explanation": f"Because {i}.",
+                "source": "handoff",
+            }
+            for i in range(4)
+        ]
+    )
+    store.flush()
+    store.close()
+    reader = textwrap.dedent(
+        f"""
+        import json
+        from clinray.retrieval.milvus_store import MilvusExampleStore, StoreConfig
+        store = MilvusExampleStore(StoreConfig(uri={uri!r}, index_type="FLAT", dim=4))
+        hits = store.search([0.1, 0.0, 0.9, 0.0], k=2)
+        print(json.dumps({{"count": store.count(), "ids": [ex.id for ex, _ in hits[0]]}}))
+        store.close()
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"count": 4, "ids": ["e2", "e0"]}
