@@ -1,8 +1,9 @@
 """Readers: every supported input format to canonical document rows, in parallel on Ray Data.
 
-A file-list dataset (one row per input file, with its source, domain and format) is mapped by a pool
-of :class:`ParseFiles` actors; each file becomes document rows or reject rows (reason in ``_reason``),
-and the ``parse`` stage's accounting splits them. No exception escapes a parser: anything unexpected
+The input files, shuffled by a hash of their path, are cut into parser calls (one dataset row per call,
+holding the call's files) that :class:`ParseFiles` maps as Ray tasks (or a pool of actors); each file
+becomes document rows or reject rows (reason in ``_reason``), the ``parse`` stage's accounting splits
+them, and the row stages that follow parsing run in the same call. No exception escapes a parser: anything unexpected
 is a ``parse_error`` reject with the exception text. Formats: ``jsonl``, ``parquet``, ``text``,
 ``markdown``, ``html``, ``jats``, ``medline``, ``pdf``; gzip is detected from the magic bytes.
 
