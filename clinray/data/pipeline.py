@@ -11,7 +11,6 @@ driver never holds the dataset. Stages that need a global view (dedup) shuffle i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shutil
@@ -27,7 +26,15 @@ from clinray.data.dedup_substring import SubstringConfig, stage_name, substring_
 from clinray.data.filters import LengthFilter, LengthFilterConfig, PIIFilter, PIIFilterConfig
 from clinray.data.normalize import Normalize, NormalizeConfig
 from clinray.data.readers import InputSpec, ReadersConfig, read_documents
-from clinray.data.stage import DETAIL, REASON, RowStage, RowStageChain, StageStats, collect_stats
+from clinray.data.stage import (
+    DETAIL,
+    REASON,
+    RowStage,
+    RowStageChain,
+    StageStats,
+    collect_stats,
+    shared_operator_resources,
+)
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -221,27 +228,6 @@ def _prepare_out_dir(cfg: CurateConfig) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _shared_operator_resources():
-    """Let every operator of the curation plan use every CPU while this run executes.
-
-    Ray Data reserves a share of the cluster for each operator of a plan by default; curation's plan is
-    a chain of unfused operators (parse, the row-stage chain, the write), so on a small cluster the parse
-    operator got about one CPU whatever ``readers.concurrency`` said: 2 CPUs ran no faster than 1
-    (benchmarks/curate_parse.py, scaling 0.9-1.0). Without the reservation the same run took half the
-    time. The setting is restored afterwards so other Ray Data work in the process is unaffected.
-    """
-    import ray.data
-
-    data_ctx = ray.data.DataContext.get_current()
-    before = data_ctx.op_resource_reservation_enabled
-    data_ctx.op_resource_reservation_enabled = False
-    try:
-        yield
-    finally:
-        data_ctx.op_resource_reservation_enabled = before
-
-
 def run_curation(cfg: CurateConfig) -> CurationResult:
     """Run the whole pipeline on the current Ray cluster (``ray.init`` first); return the outputs."""
     from clinray.data.report import check_identities, write_report
@@ -255,7 +241,7 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
     # The row stages right after parsing (normalize, filters) run inside the parse tasks.
     num_leading = next((i for i, (_, fn) in enumerate(stages) if not hasattr(fn, "make")), len(stages))
     leading = [fn.make(ctx) for _, fn in stages[:num_leading]]
-    with _shared_operator_resources():
+    with shared_operator_resources():
         ds = read_documents(
             cfg.inputs, cfg.readers, root=cfg.input_root, sink_root=ctx.sink_root, then=leading
         )

@@ -18,6 +18,7 @@ locator, id): a retried batch overwrites its own files instead of adding new one
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -370,3 +371,26 @@ def read_rejects(sink_root: str | os.PathLike) -> pa.Table:
     if not files:
         return REJECT_SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(f, schema=REJECT_SCHEMA) for f in files])
+
+
+@contextlib.contextmanager
+def shared_operator_resources():
+    """Let every operator of the curation plan use every CPU while this run executes.
+
+    Ray Data reserves a share of the cluster for each operator of a plan by default. Curation's plans
+    are chains of operators that mostly run one after another (parse, then the shuffles and passes of
+    the global stages, then the write), so on a small cluster the busy operator got about one CPU
+    whatever the concurrency said: 2 CPUs ran no faster than 1 (benchmarks/curate_parse.py, scaling
+    0.9-1.0). Without the reservation the same run took half the time. ``run_curation`` runs inside
+    this; so should anything that runs its stages directly (the dedup benchmarks). The setting is
+    restored afterwards so other Ray Data work in the process is unaffected.
+    """
+    import ray.data
+
+    data_ctx = ray.data.DataContext.get_current()
+    before = data_ctx.op_resource_reservation_enabled
+    data_ctx.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        data_ctx.op_resource_reservation_enabled = before
