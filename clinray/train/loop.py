@@ -48,7 +48,7 @@ def _optimizer(model, optim_cfg, *, device: torch.device):
         lr=optim_cfg.max_lr,
         betas=tuple(optim_cfg.betas),
         eps=optim_cfg.eps,
-        fused=device.type == "cuda",
+        fused=True,  # one kernel per parameter group on CPU and GPU (the transformers Trainer's default)
     )
 
 
@@ -195,11 +195,20 @@ def _report(
     cfg,
     state: dict,
     save: bool,
+    last: bool,
     export: bool,
     rank: int,
     run_dir: Path,
 ) -> None:
-    """``ray.train.report`` (with a sharded checkpoint when ``save``) and, when ``export``, an HF export."""
+    """``ray.train.report``: with a sharded checkpoint when ``save``, metrics alone on the ``last`` step;
+    and, when ``export``, an HF export.
+
+    Other log steps are not reported to Ray Train: Train V2 keeps only metrics attached to a checkpoint,
+    and each ``report`` call waited on the controller's polling (1.3 s a call on the tiny CPU benchmark,
+    more than five training steps: throughput went from 2,600 to 6,900 tokens/s without them). Rank 0
+    writes every metrics row to ``metrics.jsonl`` and TensorBoard, which is what the run summary, the
+    plots and the checkpoint sweep read.
+    """
     import ray.train
     from ray.train import Checkpoint
 
@@ -214,7 +223,7 @@ def _report(
             checkpoint_dir_name=f"checkpoint_{step:07d}",
             delete_local_checkpoint_after_upload=True,
         )
-    else:
+    elif last:
         ray.train.report(metrics)
     if export:
         meta = {"step": step, "tokens_seen": state["tokens_seen"], "source_run": str(run_dir)}
@@ -323,6 +332,7 @@ def train_loop_per_worker(config: dict) -> None:
             cfg=cfg,
             state=state,
             save=save,
+            last=last,
             export=final or (cfg.train.hf_export_every > 0 and step % cfg.train.hf_export_every == 0),
             rank=rank,
             run_dir=run_dir,
