@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from clinray.data.stage import StageStats, read_rejects
+from clinray.plotting import pyplot, save_figure
 
 
 def check_identities(stats: dict[str, StageStats]) -> list[str]:
@@ -37,10 +38,7 @@ def check_identities(stats: dict[str, StageStats]) -> list[str]:
 
 
 def _funnel_png(stats: dict[str, StageStats], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(stats)
     kept = [stats[n].num_rows_out for n in names]
@@ -56,10 +54,7 @@ def _funnel_png(stats: dict[str, StageStats], path: Path) -> Path:
     ax.set_title("Curation funnel")
     ax.set_xlim(0, max([k + d for k, d in zip(kept, dropped)] + [1]) * 1.45)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _markdown(stats: dict[str, StageStats], *, wall_s: float, problems: list[str], rejects_by: dict) -> str:

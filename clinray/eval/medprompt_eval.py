@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from clinray.models.chat_template import ANSWER_PREFIX, mcq_prompt
+from clinray.plotting import pyplot, save_figure
 from clinray.prompting.ensemble import apply_permutation, map_back, plurality_vote
 from clinray.prompting.medprompt import STRATEGIES, answer_batch
 from clinray.prompting.parsing import parse_answer
@@ -140,10 +141,7 @@ def evaluate_strategies(items: list[dict], *, setup, strategies: Sequence[str]) 
 
 def plot_strategies(summary: dict[str, dict], out_png: str | Path, *, title: str) -> Path:
     """Figure-3-style bars: likelihood accuracy per strategy, vote accuracy beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(summary)
     xs = range(len(names))
@@ -159,12 +157,7 @@ def plot_strategies(summary: dict[str, dict], out_png: str | Path, *, title: str
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def run_medprompt_eval(cfg: MedpromptEvalConfig, *, setup=None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from clinray.eval.config import EvalConfig
 from clinray.eval.tables import column_name
+from clinray.plotting import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +150,7 @@ def plot_sweep(
     points: list[dict], columns: list[str], out_png: str | Path, *, metric: str, tuned: bool
 ) -> Path:
     """Accuracy (%) against pretraining tokens, one line per table column (Figure 2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     xs = [p["tokens_seen"] for p in points]
@@ -166,9 +164,4 @@ def plot_sweep(
     ax.set_title(f"Accuracy vs pretraining tokens ({stage})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clinray.plotting import pyplot, save_figure
 from clinray.train.metrics import read_metrics
 
 
@@ -15,10 +16,7 @@ def plot_loss_per_source(
     metrics_path: str | Path, out: str | Path, *, title: str = "Loss per source"
 ) -> Path:
     """Draw ``loss_<source>`` and ``loss`` against ``tokens_seen``; return the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = read_metrics(metrics_path)
     if not rows:
@@ -42,9 +40,4 @@ def plot_loss_per_source(
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
