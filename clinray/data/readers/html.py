@@ -81,10 +81,14 @@ def _marked_content_root(root):
     return articles[0] if len(articles) == 1 else None
 
 
-def _lxml_extract(markup: str, *, root=None) -> str:
+def _parse(markup: str):
     import lxml.html
 
-    root = lxml.html.document_fromstring(markup) if root is None else root
+    return lxml.html.document_fromstring(markup)
+
+
+def _lxml_extract(root) -> str:
+    """The rule-based cleaner on a parsed page (``_parse``); it edits the tree in place."""
     for el in list(root.iter(*_BOILERPLATE_TAGS)):
         if el.getparent() is not None:
             el.drop_tree()
@@ -135,11 +139,9 @@ def _trafilatura_extract(markup: str) -> str | None:
 def _auto_extract(markup: str) -> tuple[str | None, str]:
     """``(text, extractor used)``: the rule-based cleaner when the page marks its content root."""
     if _CONTENT_MARKER.search(markup):
-        import lxml.html
-
-        root = lxml.html.document_fromstring(markup)
+        root = _parse(markup)
         if _marked_content_root(root) is not None:
-            return _lxml_extract(markup, root=root), "lxml"
+            return _lxml_extract(root), "lxml"
     return _trafilatura_extract(markup), "trafilatura"
 
 
@@ -149,7 +151,7 @@ def extract_main_text(markup: str, *, extractor: str = "auto") -> tuple[str, str
         if extractor == "auto":
             text, extractor = _auto_extract(markup)
         else:
-            text = _lxml_extract(markup) if extractor == "lxml" else _trafilatura_extract(markup)
+            text = _lxml_extract(_parse(markup)) if extractor == "lxml" else _trafilatura_extract(markup)
     except (ValueError, TypeError) as exc:
         raise ReaderError("html_error", f"{type(exc).__name__}: {exc}") from exc
     if not text or not text.strip():
