@@ -11,7 +11,7 @@ TORCH_CPU := torch==2.13.0
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench-quick clean
+.PHONY: install demo test test-fast lint format bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: install
 
 test: install lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# unit-level tests only: no Ray cluster, nothing marked slow, no GPU (well under a minute on 2 cores)
+test-fast: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -m "not ray and not slow and not gpu" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,9 +1,12 @@
-"""The ``clinray`` command line: one subcommand per job.
+"""The ``clinray`` command line: one subcommand per stage, plus a few tools.
 
-Subcommands are discovered from the modules of :mod:`clinray.commands`; each module defines ``HELP``
+Stages (``curate``, ``pack``, ``pretrain``, ``eval``, ``index``, ``medprompt-eval``) come from
+:data:`clinray.jobs.JOBS` and run through the one job runner that ``ray_jobs`` and the demo use, so
+every door gives the same config checks, outputs and exit codes. Tools (``world``, ``tiny-model``,
+``demo``, ``recipes``, ``medprompt``) are the modules of :mod:`clinray.commands`; each defines ``HELP``
 (one line), ``add_arguments(parser)`` and ``run(args) -> int | None``, and is imported only when its
 command runs, so ``clinray --help`` stays fast and one broken optional dependency cannot take the
-whole CLI down. The command name is the module name with ``_`` turned into ``-``.
+whole CLI down. A command's name is its module or job name with ``_`` turned into ``-``.
 """
 
 from __future__ import annotations
@@ -42,29 +45,22 @@ def discover() -> dict[str, tuple[str, str]]:
     return found
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
-    """Add the shared ``--config`` and ``--set`` options to a job's parser."""
-    parser.add_argument("--config", default=default, help="YAML recipe (see configs/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.max_lr=1e-4 (repeatable)",
-    )
-
-
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    from clinray.jobs import JOBS, add_job_arguments
+
     parser = argparse.ArgumentParser(
         prog="clinray",
         description="Clinical LLM adaptation on Ray: curate, pack, pretrain, fine-tune, evaluate, serve.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = discover()
     wanted = next((a for a in argv if not a.startswith("-")), None)
     modules: dict[str, object] = {}
-    for name, (module_name, help_text) in commands.items():
+    for job in JOBS.values():
+        p = sub.add_parser(job.command, help=job.help, description=job.help)
+        if job.command == wanted:
+            add_job_arguments(p, job)
+            modules[job.command] = job
+    for name, (module_name, help_text) in discover().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == wanted:  # import only the module of the command being run
             module = importlib.import_module(module_name)
@@ -80,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
+    from clinray.jobs import Job, run_parsed
+
+    if isinstance(modules[args.command], Job):
+        return run_parsed(modules[args.command], args, prog=f"clinray {args.command}")
     try:
         result = modules[args.command].run(args)
     except ValueError as exc:  # user mistakes (ConfigError included) get a message, not a traceback

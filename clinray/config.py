@@ -54,10 +54,13 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into a copy of ``base``; nested dicts merge, other values replace."""
+    """Deep-merge ``overrides`` into a copy of ``base``; nested dicts merge, other values replace.
+
+    An empty mapping replaces (``--set merge_columns={}`` clears the recipe's mapping).
+    """
     merged = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
             merged[key] = apply_overrides(merged[key], value)
         else:
             merged[key] = value
@@ -184,14 +187,14 @@ def load(cls: type[T], yaml_path: str | Path | None = None, overrides: list[str]
 
     Args:
         cls: the root config dataclass.
-        yaml_path: a YAML recipe, or None for the defaults alone.
+        yaml_path: a YAML file or a shipped recipe name (``tiny/curate``), or None for the defaults alone.
         overrides: ``["a.b=c", ...]`` strings or an already nested dict.
     """
     data: dict[str, Any] = {}
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+        from clinray.recipes import resolve_recipe
+
+        path = resolve_recipe(yaml_path)  # a YAML path, or a shipped recipe name such as tiny/curate
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")

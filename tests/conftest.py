@@ -1,7 +1,8 @@
 """Shared fixtures: one local Ray instance per session, the tiny world, the tiny model.
 
 Everything is built once per test session into pytest's temporary folder; nothing is downloaded.
-Integration tests take ``ray_local``; unit tests must not.
+Integration tests take ``ray_local``; unit tests must not. Every test that uses ``ray_local``, directly
+or through another fixture, is marked ``ray`` here, so ``-m "not ray"`` (``make test-fast``) skips them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Real public documents beside the checkout (``../shared/data``); tests using them skip when absent.
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``ray`` every test whose fixture closure holds ``ray_local``."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")

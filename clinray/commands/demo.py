@@ -15,12 +15,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="STAGE",
-        help="run only these stage modules (repeatable; later stages need earlier ones)",
+        help="run only these stages (repeatable); what they need must exist (earlier stages or --resume)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="an earlier demo run: stages read its artifacts and its report is updated",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from clinray.demo import run_demo
 
-    run_demo(out_root=args.out, seed=args.seed, only=args.only)
-    return 0
+    _, code = run_demo(out_root=args.out, seed=args.seed, only=args.only, resume=args.resume)
+    return code

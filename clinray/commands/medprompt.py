@@ -8,9 +8,17 @@ HELP = "answer multiple-choice questions with Medprompt (zero-shot/static/kNN Co
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clinray.cli import add_config_arguments
-
-    add_config_arguments(parser, default="configs/tiny/medprompt.yaml")
+    parser.add_argument(
+        "--config", default="tiny/medprompt", help="a shipped recipe or a YAML file (default: tiny/medprompt)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set engine.model=runs/sft/hf/final (repeatable)",
+    )
     parser.add_argument("--question", help="the question stem")
     parser.add_argument("--option", action="append", default=[], help="an option (repeat, in order)")
     parser.add_argument("--questions", help="MedQA-layout JSONL of questions to answer instead")
@@ -43,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     from clinray.config import load
     from clinray.prompting.medprompt import answer_batch
-    from clinray.retrieval.medprompt_service import MedpromptRunConfig, open_setup
+    from clinray.recipes import resolve_recipe
+    from clinray.serve.setup import MedpromptRunConfig, open_setup
 
-    cfg = load(MedpromptRunConfig, args.config, args.overrides)
+    cfg = load(MedpromptRunConfig, resolve_recipe(args.config), args.overrides)
     items = _items(args)
     setup = open_setup(cfg)
     try:

@@ -29,9 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data import ActorPoolStrategy
 
+from clinray.config import dump
 from clinray.data.blocks import MANIFEST_NAME
 from clinray.data.dedup_minhash import resolve
 from clinray.data.mixture import MixtureConfig, copies_of, order_key, plan_mixture
+from clinray.results import StageResult, missing_dir, missing_model
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,35 @@ class PackConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.num_tokenizers < 1:
             raise ValueError("batch_size and num_tokenizers must be >= 1")
+
+    def check_inputs(self) -> list[str]:
+        """Missing inputs, all at once, before Ray starts."""
+        problems = missing_dir(self.input_dir, "input_dir (curated documents; run `clinray curate` first)")
+        if Path(self.tokenizer).exists() and not (Path(self.tokenizer) / "tokenizer_config.json").is_file():
+            problems.append(f"tokenizer {self.tokenizer!r} has no tokenizer_config.json")
+        elif not Path(self.tokenizer).exists():
+            problems += missing_model(self.tokenizer, "tokenizer")
+        out = Path(self.output_dir)
+        if not self.overwrite and out.is_dir() and any(out.iterdir()):
+            problems.append(f"output_dir {str(out)!r} is not empty (choose another or set overwrite=true)")
+        return problems
+
+
+@dataclass(kw_only=True)
+class PackResult(StageResult):
+    """The token blocks of one packing run and their manifest."""
+
+    blocks_dir: Path
+    manifest: dict
+
+    def outputs(self) -> dict[str, str]:
+        return {"token_blocks": str(self.blocks_dir)}
+
+    def summary(self) -> str:
+        m = self.manifest
+        tokens = ", ".join(f"{k} {v:,}" for k, v in m["tokens_per_source"].items())
+        head = f"pack: {m['num_blocks']:,} blocks of {m['seq_len']} tokens ({tokens}) in {m['wall_s']} s"
+        return "\n".join([head, StageResult.summary(self)])
 
 
 def _assign(batch: pd.DataFrame, mixture: MixtureConfig) -> pd.DataFrame:
@@ -158,8 +189,8 @@ def _prepare(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run_pack(cfg: PackConfig) -> dict:
-    """Run the packing job on the current Ray cluster (``ray.init`` first); return the manifest."""
+def run_pack(cfg: PackConfig) -> PackResult:
+    """Run the packing job on the current Ray cluster (``ray.init`` first); return the blocks."""
     import ray
 
     start, out = time.time(), Path(cfg.output_dir)
@@ -208,7 +239,9 @@ def run_pack(cfg: PackConfig) -> dict:
         pq.write_table(tail_blocks, out / "tails-00000.parquet")
     manifest = _manifest(cfg, out, plan, dropped, num_unassigned, time.time() - start)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    config_path = dump(cfg, out / "config.yaml")
+    problems = [] if manifest["num_blocks"] else ["no token block was written (too few tokens for one block)"]
+    return PackResult(blocks_dir=out, manifest=manifest, config_path=config_path, problems=problems)
 
 
 def _pack_tails(tails: pd.DataFrame, seq_len: int) -> tuple[pa.Table, dict[str, int]]:

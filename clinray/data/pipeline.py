@@ -35,6 +35,7 @@ from clinray.data.stage import (
     collect_stats,
     shared_operator_resources,
 )
+from clinray.results import StageResult, missing_dir, missing_glob
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -90,6 +91,23 @@ class CurateConfig:
     def __post_init__(self):
         if not self.inputs:
             raise ValueError("curate needs at least one entry in 'inputs' (glob, source, domain[, format])")
+
+    def check_inputs(self) -> list[str]:
+        """Every missing input at once (before Ray starts): the root, each glob, the decontamination sets."""
+        problems = missing_dir(self.input_root, "input_root")
+        if not problems:
+            for spec in self.inputs:
+                problems += missing_glob(
+                    self.input_root, spec.glob, f"input glob {spec.glob!r} (source {spec.source})"
+                )
+        if self.decontaminate.enabled and self.decontaminate.questions_root:
+            problems += missing_dir(self.decontaminate.questions_root, "decontaminate.questions_root")
+        out = Path(self.output.dir)
+        if not self.output.overwrite and out.is_dir() and any(out.iterdir()):
+            problems.append(
+                f"output.dir {str(out)!r} is not empty (choose another or set output.overwrite=true)"
+            )
+        return problems
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -196,7 +214,7 @@ def _issue_c_stages(cfg: CurateConfig) -> list[tuple[str, StageFn]]:
 
 
 @dataclasses.dataclass(kw_only=True)
-class CurationResult:
+class CurationResult(StageResult):
     """Paths and counts of one curation run."""
 
     out_dir: Path
@@ -207,13 +225,30 @@ class CurationResult:
     funnel_png: Path
     stages: dict[str, StageStats]
     wall_s: float
-    problems: list[str]
-    """Accounting identities that do not hold (empty on a sound run)."""
 
     @property
     def num_docs(self) -> int:
         last = list(self.stages.values())[-1]
         return last.num_rows_out
+
+    def outputs(self) -> dict[str, str]:
+        return {
+            "curated": str(self.docs_dir),
+            "curation_report": str(self.report_json),
+            "rejects": str(self.rejects_dir),
+        }
+
+    def funnel_rows(self) -> list[str]:
+        """The funnel as Markdown table rows: each stage's rows in, kept and dropped by reason."""
+        rows = ["| stage | rows in | kept | dropped (by reason) |", "|---|---|---|---|"]
+        for name, s in self.stages.items():
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.dropped.items())) or "-"
+            rows.append(f"| {name} | {s.num_rows_in} | {s.num_rows_out} | {reasons} |")
+        return rows
+
+    def summary(self) -> str:
+        head = f"curation: {self.num_docs} documents kept in {self.wall_s:.1f} s"
+        return "\n".join([head, *self.funnel_rows(), StageResult.summary(self)])
 
 
 def _prepare_out_dir(cfg: CurateConfig) -> Path:
@@ -233,7 +268,7 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
     from clinray.data.report import check_identities, write_report
 
     out = _prepare_out_dir(cfg)
-    dump(cfg, out / "config.yaml")
+    config_path = dump(cfg, out / "config.yaml")
     ctx = PipelineContext(cfg=cfg, out_dir=out, sink_root=str(out / "accounting"))
     start = time.time()
     stages = build_stages(cfg)
@@ -269,5 +304,6 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
         funnel_png=paths["png"],
         stages=stats,
         wall_s=wall_s,
-        problems=check_identities(stats),
+        config_path=config_path,
+        problems=[f"accounting: {p}" for p in check_identities(stats)],
     )

@@ -1,29 +1,33 @@
-"""Demo stage: mix the deduplicated documents by token ratio, tokenize, and cut token blocks (``token_blocks``)."""
+"""Demo stage: mix the curated documents by token ratio, tokenize, and cut token blocks (``pack`` job)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from clinray.demo import DemoContext, StageResult
+from clinray.demo import DemoContext, Section
 
 ORDER = 50
 TITLE = "Mixture and packing into token blocks"
 BUDGET_S = 60
+NEEDS = ("curated", "tiny_model")
+MAKES = ("token_blocks",)
+RECIPE = "tiny/pack"
 
 
-def run(ctx: DemoContext) -> StageResult:
-    from clinray.config import load
-    from clinray.data.pack import PackConfig, run_pack
+def overrides(ctx: DemoContext) -> list[str]:
+    return [
+        f"input_dir={ctx.artifacts['curated']}",
+        f"output_dir={ctx.stage_dir('pack') / 'blocks'}",
+        f"tokenizer={ctx.artifacts['tiny_model']}",
+        "overwrite=true",
+    ]
 
-    recipe = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "pack.yaml"
-    out = ctx.stage_dir("pack")
-    source = ctx.artifacts.get("deduped") or ctx.artifacts["curated"]
-    cfg = load(
-        PackConfig,
-        recipe,
-        [f"input_dir={source}", f"output_dir={out / 'blocks'}", f"tokenizer={ctx.artifacts['tiny_model']}"],
-    )
-    manifest = run_pack(cfg)
+
+JOBS = {"pack": (RECIPE, overrides)}
+"""The jobs this stage runs: job name -> (recipe, overrides from the context)."""
+
+
+def run(ctx: DemoContext) -> Section:
+    result = ctx.run_job("pack", RECIPE, overrides(ctx))
+    manifest = result.manifest
     plan = manifest["mixture"]["components"]
     rows = [
         "| component | weight | available tokens | selected | in blocks | blocks |",
@@ -37,12 +41,13 @@ def run(ctx: DemoContext) -> StageResult:
     notes = [
         f"Mixture mode `{manifest['mixture']['mode']}` (the paper's 50:15 clinical:general token ratio); "
         f"blocks of {manifest['seq_len']} tokens, EOS between documents, one component per block; "
-        f"{manifest['epochs']} epochs recorded for pretraining. Manifest: `{out / 'blocks' / 'manifest.json'}`.",
+        f"{manifest['epochs']} epochs recorded for pretraining. Manifest: `{result.blocks_dir / 'manifest.json'}`.",
         "",
         *rows,
     ]
-    return StageResult(
-        outputs={"token_blocks": str(out / "blocks")},
+    tokens = ", ".join(f"{k} {v:,}" for k, v in manifest["tokens_per_source"].items())
+    return Section(
+        outputs=result.outputs(),
         metrics={
             "blocks": manifest["num_blocks"],
             "seq_len": manifest["seq_len"],
@@ -50,4 +55,5 @@ def run(ctx: DemoContext) -> StageResult:
             "wall time (s)": manifest["wall_s"],
         },
         notes=notes,
+        headline=[f"packing   {manifest['num_blocks']} blocks of {manifest['seq_len']} tokens ({tokens})"],
     )

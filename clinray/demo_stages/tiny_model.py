@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clinray.demo import DemoContext, StageResult
+from clinray.demo import DemoContext, Section
 
 ORDER = 20
 TITLE = "Tiny model and tokenizer"
 BUDGET_S = 30
+NEEDS = ("world",)
+MAKES = ("tiny_model",)
 
 
-def run(ctx: DemoContext) -> StageResult:
+def run(ctx: DemoContext) -> Section:
+    from transformers import AutoConfig, AutoTokenizer
+
     from clinray.models.tiny import TinyModelConfig, build_tiny_model
 
     cfg = TinyModelConfig(seed=ctx.seed)
     out = build_tiny_model(Path(ctx.artifacts["world"]) / "corpus", ctx.stage_dir("tiny_model"), cfg)
-    from transformers import AutoConfig, AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(out)
     conf = AutoConfig.from_pretrained(out)
-    return StageResult(
+    return Section(
         outputs={"tiny_model": str(out)},
         metrics={
             "architecture": conf.architectures[0],

@@ -1,15 +1,17 @@
-"""Demo stage: generate the tiny clinical world that every later stage reads (``ctx.artifacts["world"]``)."""
+"""Demo stage: generate the tiny clinical world that every later stage reads (``world``)."""
 
 from __future__ import annotations
 
-from clinray.demo import DemoContext, StageResult
+from clinray.demo import DemoContext, Section
 
 ORDER = 10
 TITLE = "Tiny clinical world"
 BUDGET_S = 30
+NEEDS: tuple[str, ...] = ()
+MAKES = ("world",)
 
 
-def run(ctx: DemoContext) -> StageResult:
+def run(ctx: DemoContext) -> Section:
     from clinray.synthetic import generate_world
 
     out = ctx.stage_dir("world")
@@ -22,4 +24,4 @@ def run(ctx: DemoContext) -> StageResult:
         "Planted ground truth (duplicates, repeated passages, junk, corrupt files, contamination) is in "
         f"`{out / 'manifest.json'}`.",
     ]
-    return StageResult(outputs={"world": str(out)}, metrics=counts, notes=notes)
+    return Section(outputs={"world": str(out)}, metrics=counts, notes=notes)

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from clinray.prompting.parsing import STOP_STRINGS
+from clinray.models.chat_template import STOP_STRINGS
 
 __all__ = ["GenerationEngine", "EngineConfig", "EngineUnavailableError", "truncate_at_stop"]
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from clinray.engines.base import truncate_at_stop
-from clinray.prompting.parsing import STOP_STRINGS
+from clinray.models.chat_template import STOP_STRINGS
 
 __all__ = ["OpenAICompatibleEngine"]
 

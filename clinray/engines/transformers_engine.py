@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clinray.engines.base import truncate_at_stop
-from clinray.prompting.parsing import STOP_STRINGS
+from clinray.models.chat_template import STOP_STRINGS
 
 __all__ = ["TransformersEngine"]
 
@@ -52,6 +52,8 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from clinray.models.scoring import cache_argument
+
         self.device = _pick_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
@@ -71,6 +73,7 @@ class TransformersEngine:
         """Most continuations scored on top of one batch of contexts (each holds a copy of its cache)."""
         self._sliding_window = getattr(self.model.config, "sliding_window", None)
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._cache_arg = cache_argument(self.model)
         self.num_truncated = 0
         """Prompts cut on the left to fit the context window so far."""
 
@@ -123,7 +126,7 @@ class TransformersEngine:
             with torch.inference_mode():
                 ids = self.model.generate(
                     **enc,
-                    **({"past_key_values": cache} if cache is not None else {}),
+                    **({self._cache_arg: cache} if cache is not None else {}),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=self.tokenizer.eos_token_id,

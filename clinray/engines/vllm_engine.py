@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from clinray.engines.base import EngineUnavailableError, truncate_at_stop
-from clinray.prompting.parsing import STOP_STRINGS
+from clinray.models.chat_template import STOP_STRINGS
 
 __all__ = ["VLLMEngine"]
 

@@ -26,9 +26,9 @@ class SweepConfig:
     base_model: str = ""
     """The model pretraining started from, plotted at 0 tokens ('' = none)."""
     instruction_tune: bool = True
-    """Instruction-tune each checkpoint before evaluating it (skipped with a note if SFT is unavailable)."""
+    """Instruction-tune each checkpoint with the tuner passed to run_sweep (without one: warn, evaluate raw)."""
     sft_config: str = ""
-    """SFT recipe YAML handed to the instruction-tuning hook."""
+    """SFT recipe YAML handed to the tuner as its ``config``."""
     metric: str = "acc"
     """Metric plotted against pretraining tokens."""
 
@@ -91,3 +91,31 @@ class EvalConfig:
         bad = [name for name in self.models if not name or "/" in name]
         if bad:
             raise ValueError(f"model row names must be non-empty and contain no '/': {bad}")
+
+    def check_inputs(self) -> list[str]:
+        """Missing models, data folder and task files, all at once, before Ray starts."""
+        import os
+        from pathlib import Path
+
+        from clinray.eval.tasks import task_files
+        from clinray.results import missing_dir, missing_file, missing_model
+
+        problems = []
+        if not self.models and not self.sweep.pretrain_run:
+            problems.append("no models: set models: {name: path} in the recipe or pass --model NAME=PATH")
+        for name, path in self.models.items():
+            problems += missing_model(path, f"model {name!r}")
+        if self.sweep.pretrain_run:
+            problems += missing_dir(Path(self.sweep.pretrain_run) / "hf", "sweep.pretrain_run's hf/ exports")
+        data_dir = self.data_dir or os.environ.get("CLINRAY_DATA_DIR", "")
+        if self.use_hub:
+            return problems
+        if not data_dir:
+            return [*problems, "data_dir is not set (the benchmarks' folder; or set $CLINRAY_DATA_DIR)"]
+        problems += missing_dir(data_dir, "data_dir")
+        if not problems:
+            for task in self.tasks:
+                for rel in task_files(task):
+                    chosen = self.paths.get(task, rel)
+                    problems += missing_file(Path(data_dir) / chosen, f"task {task}'s file")
+        return problems

@@ -14,6 +14,7 @@ checkpoint sweep (many small jobs) and a Table 2 (a few models, one GPU each).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from typing import Any
 
 from clinray.config import dump, from_dict, to_dict
 from clinray.eval.config import EvalConfig
-from clinray.eval.tables import build_table, write_tables
+from clinray.eval.tables import build_table, to_markdown, write_tables
+from clinray.results import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +174,52 @@ def write_results(results: list[dict], cfg: EvalConfig, out_dir: str | Path) -> 
     return paths
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate, write every output under ``cfg.out_dir``, and return ``{"results", "table", paths...}``."""
+@dataclasses.dataclass(kw_only=True)
+class EvalResult(StageResult):
+    """An evaluation's table (models x benchmarks), its files and, for a sweep, the points of Figure 2."""
+
+    out_dir: Path
+    results: list[dict]
+    """Per model: metrics per task, question counts, wall time (no samples)."""
+    table: dict
+    """``{"columns", "rows"}`` as built by :func:`clinray.eval.tables.build_table`."""
+    results_json: Path
+    table_md: Path
+    table_csv: Path
+    notes: list[str] = dataclasses.field(default_factory=list)
+    points: list[dict] | None = None
+    """Sweep only: one point per checkpoint (step, tokens seen, cells)."""
+    sweep_png: Path | None = None
+
+    def outputs(self) -> dict[str, str]:
+        out = {"eval_table": str(self.table_md), "eval_results": str(self.results_json)}
+        if self.sweep_png:
+            out["eval_sweep"] = str(self.sweep_png)
+        return out
+
+    def summary(self) -> str:
+        return "\n".join([to_markdown(self.table), *self.notes, StageResult.summary(self)])
+
+
+def run_eval(cfg: EvalConfig) -> EvalResult:
+    """Evaluate every model of ``cfg``, write every output under ``cfg.out_dir``, return the table."""
     results = evaluate_models(cfg)
     paths = write_results(results, cfg, cfg.out_dir)
     compact = [{k: v for k, v in r.items() if k != "samples"} for r in results]
     table = build_table(compact, cfg.tasks, metric=cfg.metric, merge=cfg.merge_columns)
-    return {"results": compact, "table": table, **paths}
+    empty = [r["model"] for r in compact if not any(r["num_questions"].values())]
+    return EvalResult(
+        out_dir=Path(cfg.out_dir),
+        results=compact,
+        table=table,
+        config_path=Path(cfg.out_dir) / "config.yaml",
+        problems=[f"model {m!r} was scored on no question" for m in empty],
+        **paths,
+    )
+
+
+def run_evaluation(cfg: EvalConfig) -> EvalResult:
+    """The ``eval`` stage: the checkpoint sweep when ``sweep.pretrain_run`` is set, else the models."""
+    from clinray.eval.sweep import run_sweep
+
+    return run_sweep(cfg) if cfg.sweep.pretrain_run else run_eval(cfg)

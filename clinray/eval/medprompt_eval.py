@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clinray.config import dump
 from clinray.models.chat_template import ANSWER_PREFIX, mcq_prompt
 from clinray.plotting import pyplot, save_figure
 from clinray.prompting.ensemble import apply_permutation, map_back, plurality_vote
 from clinray.prompting.medprompt import STRATEGIES, answer_batch
 from clinray.prompting.parsing import parse_answer
-from clinray.retrieval.medprompt_service import MedpromptRunConfig
+from clinray.results import StageResult, missing_file, missing_model
+from clinray.serve.setup import MedpromptRunConfig
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -55,6 +57,53 @@ class MedpromptEvalConfig:
             )
         if self.limit < 0:
             raise ValueError(f"limit must be >= 0 (0 = all questions), got {self.limit}")
+
+    def check_inputs(self) -> list[str]:
+        """The model folder, the question file and the example store, all at once."""
+        import os
+
+        data_dir = self.data_dir or os.environ.get("CLINRAY_DATA_DIR", "")
+        problems = []
+        if self.setup.engine.kind != "openai":
+            problems += missing_model(self.setup.engine.model, "setup.engine.model")
+        if not data_dir:
+            problems.append("data_dir is not set (the benchmarks' folder; or set $CLINRAY_DATA_DIR)")
+        else:
+            problems += missing_file(Path(data_dir) / self.test_file, "test_file")
+        uri = self.setup.store.uri
+        if self.setup.use_store and uri.endswith(".db") and not Path(uri).exists():
+            problems.append(f"setup.store.uri {uri!r} does not exist (build it with `clinray index`)")
+        return problems
+
+
+@dataclasses.dataclass(kw_only=True)
+class MedpromptEvalResult(StageResult):
+    """Figure 3: each strategy's accuracy, with the files behind it."""
+
+    out_dir: Path
+    strategies: dict[str, dict]
+    """Per strategy: likelihood and vote accuracy, parse rate."""
+    num_questions: int
+    json_path: Path
+    png: Path
+
+    def outputs(self) -> dict[str, str]:
+        return {
+            "medprompt_results": str(self.json_path),
+            "medprompt_chart": str(self.png),
+        }
+
+    def table(self) -> list[str]:
+        lines = ["| strategy | likelihood acc (%) | vote acc (%) | runs parsed (%) |", "|---|---:|---:|---:|"]
+        for name, row in self.strategies.items():
+            vote = "-" if row["vote"] is None else f"{100 * row['vote']:.1f}"
+            parsed = "-" if row["parse_rate"] is None else f"{100 * row['parse_rate']:.0f}"
+            lines.append(f"| {name} | {100 * row['likelihood']:.1f} | {vote} | {parsed} |")
+        return lines
+
+    def summary(self) -> str:
+        head = f"Medprompt strategies on {self.num_questions} questions:"
+        return "\n".join([head, *self.table(), StageResult.summary(self)])
 
 
 def load_items(cfg: MedpromptEvalConfig) -> list[dict]:
@@ -160,9 +209,9 @@ def plot_strategies(summary: dict[str, dict], out_png: str | Path, *, title: str
     return save_figure(fig, out_png)
 
 
-def run_medprompt_eval(cfg: MedpromptEvalConfig, *, setup=None) -> dict[str, Any]:
+def run_medprompt_eval(cfg: MedpromptEvalConfig, *, setup=None) -> MedpromptEvalResult:
     """Load the questions, open the Medprompt setup, evaluate every strategy, write JSON, JSONL and PNG."""
-    from clinray.retrieval.medprompt_service import open_setup
+    from clinray.serve.setup import open_setup
 
     items = load_items(cfg)
     own = setup is None
@@ -177,6 +226,14 @@ def run_medprompt_eval(cfg: MedpromptEvalConfig, *, setup=None) -> dict[str, Any
     (out / "medprompt_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.pop("records")))
     (out / "medprompt.json").write_text(json.dumps(result, indent=2))
     title = f"Medprompt strategies on {cfg.test_file} ({result['num_questions']} questions)"
-    result["png"] = plot_strategies(result["strategies"], out / "medprompt.png", title=title)
-    result["json"] = out / "medprompt.json"
-    return result
+    png = plot_strategies(result["strategies"], out / "medprompt.png", title=title)
+    config_path = dump(cfg, out / "config.yaml")
+    return MedpromptEvalResult(
+        out_dir=out,
+        strategies=result["strategies"],
+        num_questions=result["num_questions"],
+        json_path=out / "medprompt.json",
+        png=png,
+        config_path=config_path,
+        problems=[] if result["num_questions"] else ["no question was answered"],
+    )

@@ -6,30 +6,33 @@ instruction-tunes each one (the paper fine-tunes every checkpoint before evaluat
 of them in parallel with :func:`clinray.eval.harness.run_eval` (one Ray task per checkpoint), and
 plots one line per task against ``tokens_seen``.
 
-Instruction tuning is a hook, ``instruction_tune(model_dir, *, out_dir, config) -> Path``, looked up at
-``clinray.train.sft:instruction_tune``; where it does not exist (yet), the sweep evaluates the raw
-checkpoints and says so in its notes rather than faking a fine-tune. The trade-off: the sweep owns no
-training code, so it always tunes with whatever SFT the platform has.
+Instruction tuning is declared, not looked up: the caller passes an :class:`InstructionTuner`
+(``tuner(model_dir, *, out_dir, config) -> Path``) to :func:`run_sweep`. Without one, a sweep with
+``sweep.instruction_tune`` on warns and evaluates the raw checkpoints, saying so in its notes and the
+plot's title rather than faking a fine-tune. The trade-off: the sweep owns no training code and never
+starts a fine-tune because some module appeared; whoever runs it decides which SFT it gets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from clinray.eval.config import EvalConfig
 from clinray.eval.tables import column_name
 from clinray.plotting import pyplot, save_figure
 
+if TYPE_CHECKING:
+    from clinray.eval.harness import EvalResult
+
 log = logging.getLogger(__name__)
 
-SFT_HOOK = "clinray.train.sft:instruction_tune"
+NO_TUNER_NOTE = "instruction tuning requested but no tuner was passed: raw checkpoints evaluated"
 _STEP = re.compile(r"^step_(\d+)$")
 
 
@@ -76,25 +79,49 @@ def find_checkpoints(run_dir: str | Path, *, include_final: bool = True) -> list
     return sorted(by_tokens.values(), key=lambda c: c.tokens_seen)
 
 
-def resolve_sft_hook(spec: str = SFT_HOOK) -> tuple[Callable | None, str]:
-    """The instruction-tuning function named ``module:function``, or None and the reason."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        return None, f"instruction tuning skipped: {spec} is not available ({exc})"
-    hook = getattr(module, attr, None)
-    if hook is None:
-        return None, f"instruction tuning skipped: {module_name} has no {attr}()"
-    return hook, f"each checkpoint instruction-tuned with {spec}"
+class InstructionTuner(Protocol):
+    """Tunes one checkpoint, returns the tuned HF folder."""
+
+    def __call__(self, model_dir: Path, *, out_dir: Path, config: str) -> Path:
+        """Instruction-tune ``model_dir`` into ``out_dir`` with the SFT recipe ``config``."""
+        ...
 
 
-def run_sweep(cfg: EvalConfig, *, sft_hook: Callable | None | bool = True) -> dict[str, Any]:
+def _choose_tuner(tuner: InstructionTuner | None, *, requested: bool) -> tuple[InstructionTuner | None, str]:
+    """The tuner the sweep uses (None: raw checkpoints) and the note saying so (a warning if unmet)."""
+    if not requested:
+        note = "instruction tuning off: raw pretraining checkpoints evaluated"
+        log.info(note)
+        return None, note
+    if tuner is None:
+        log.warning(NO_TUNER_NOTE)
+        return None, NO_TUNER_NOTE
+    note = f"each checkpoint instruction-tuned with {getattr(tuner, '__name__', repr(tuner))}"
+    log.info(note)
+    return tuner, note
+
+
+def _tuned_models(
+    checkpoints: Sequence[Checkpoint], tuner: InstructionTuner | None, out: Path, *, config: str = ""
+) -> dict[str, str]:
+    """Row name -> model folder: each checkpoint tuned once into ``out/sft/<name>``, or as is."""
+    models = {}
+    for ckpt in checkpoints:
+        path = ckpt.path
+        if tuner is not None:
+            path = Path(tuner(ckpt.path, out_dir=out / "sft" / ckpt.name, config=config))
+        models[ckpt.name] = str(path)
+    return models
+
+
+def run_sweep(cfg: EvalConfig, *, tuner: InstructionTuner | None = None) -> EvalResult:
     """Evaluate every checkpoint of ``cfg.sweep.pretrain_run``; write sweep.json/.csv/.png under out_dir.
 
     Args:
         cfg: the eval config; ``models`` is replaced by the checkpoints.
-        sft_hook: True to look the hook up, False/None to skip tuning, or a callable to use.
+        tuner: instruction-tunes each checkpoint before it is evaluated, when
+            ``cfg.sweep.instruction_tune`` is on; without one the raw checkpoints are evaluated (a
+            warning and a note).
     """
     from clinray.eval.harness import run_eval
 
@@ -105,27 +132,13 @@ def run_sweep(cfg: EvalConfig, *, sft_hook: Callable | None | bool = True) -> di
     if sweep.base_model:
         checkpoints.insert(0, Checkpoint(name="base", path=Path(sweep.base_model), step=0, tokens_seen=0))
     out = Path(cfg.out_dir)
-    notes = []
-    hook = None
-    if sweep.instruction_tune and sft_hook is True:
-        hook, note = resolve_sft_hook()
-        notes.append(note)
-    elif sweep.instruction_tune and callable(sft_hook):
-        hook = sft_hook
-        notes.append(f"each checkpoint instruction-tuned with {getattr(hook, '__name__', hook)}")
-    else:
-        notes.append("instruction tuning off: raw pretraining checkpoints evaluated")
-    log.info(notes[-1])
-    models = {}
-    for ckpt in checkpoints:
-        path = ckpt.path
-        if hook is not None:
-            path = Path(hook(ckpt.path, out_dir=out / "sft" / ckpt.name, config=sweep.sft_config))
-        models[ckpt.name] = str(path)
+    tuner, note = _choose_tuner(tuner, requested=sweep.instruction_tune)
+    notes = [note]
+    models = _tuned_models(checkpoints, tuner, out, config=sweep.sft_config)
     eval_cfg = dataclasses.replace(cfg, models=models)
     result = run_eval(eval_cfg)
     points = []
-    for ckpt, row in zip(checkpoints, result["table"]["rows"], strict=True):
+    for ckpt, row in zip(checkpoints, result.table["rows"], strict=True):
         points.append(
             {
                 "checkpoint": ckpt.name,
@@ -138,12 +151,12 @@ def run_sweep(cfg: EvalConfig, *, sft_hook: Callable | None | bool = True) -> di
     (out / "sweep.json").write_text(
         json.dumps({"metric": sweep.metric, "notes": notes, "points": points}, indent=2)
     )
-    columns = result["table"]["columns"]
+    columns = result.table["columns"]
     keys = ["checkpoint", "step", "tokens_seen", *columns]
     csv_lines = [",".join(keys)] + [",".join("" if p[k] is None else str(p[k]) for k in keys) for p in points]
     (out / "sweep.csv").write_text("\n".join(csv_lines) + "\n")
-    png = plot_sweep(points, columns, out / "sweep.png", metric=cfg.metric, tuned=hook is not None)
-    return {**result, "points": points, "notes": notes, "sweep_png": png}
+    png = plot_sweep(points, columns, out / "sweep.png", metric=cfg.metric, tuned=tuner is not None)
+    return dataclasses.replace(result, points=points, notes=[*result.notes, *notes], sweep_png=png)
 
 
 def plot_sweep(

@@ -15,6 +15,10 @@ PROMPTER_TOKEN = "<|prompter|>"
 ASSISTANT_TOKEN = "<|assistant|>"
 SPECIAL_TOKENS = (SYSTEM_TOKEN, PROMPTER_TOKEN, ASSISTANT_TOKEN)
 
+#: Text after which a completion is no longer the assistant's answer: the next turn's role token, or an
+#: end token (ours, and those of common base models whose tokenizers a run may reuse).
+STOP_STRINGS = ("</s>", PROMPTER_TOKEN, SYSTEM_TOKEN, ASSISTANT_TOKEN, "<|endoftext|>", "<|im_end|>")
+
 #: Figure 4/5 system prompt (the line break in the paper is layout only).
 MCQ_SYSTEM_PROMPT = "You are a biomedical expert. Select the correct option for the following question:"
 ANSWER_PREFIX = "The correct answer is:"

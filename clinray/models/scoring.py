@@ -19,12 +19,23 @@ the lm-eval scorer (:class:`clinray.eval.scorer.PrefixCachedLM`) and by
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["score_continuations"]
+__all__ = ["cache_argument", "score_continuations"]
+
+
+def cache_argument(model) -> str:
+    """Name of the key/value cache in ``model``'s forward, ``generate`` and outputs.
+
+    ``cache`` in current transformers, where ``past_key_values`` is a deprecated alias (a
+    FutureWarning); ``past_key_values`` in the releases before the rename, which the
+    dependency range still admits and which would silently ignore a ``cache`` argument.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -42,7 +53,8 @@ def score_continuations(
 
     Args:
         model: a causal LM whose forward takes ``attention_mask``, ``position_ids``, ``use_cache`` and
-            ``past_key_values`` and returns a cache with ``batch_select_indices`` (HF ``DynamicCache``).
+            a cache (:func:`cache_argument`) and returns one with ``batch_select_indices`` (HF
+            ``DynamicCache``).
         contexts: token ids of each context (at least one token each).
         continuations: ``continuations[q]`` are the continuations (at least one token each) to score
             after ``contexts[q]``.
@@ -79,7 +91,8 @@ def score_continuations(
     rest_len = max(len(c) for c in flat) - 1
     rest = None
     if rest_len > 0:
-        cache = out.past_key_values
+        cache_arg = cache_argument(model)
+        cache = getattr(out, cache_arg)
         cache.batch_select_indices(torch.tensor(owner, device=device))
         inp = torch.tensor([c[:-1] + [pad_id] * (rest_len - len(c) + 1) for c in flat], device=device)
         own_lens = torch.tensor([lens[q] for q in owner], device=device)
@@ -89,10 +102,10 @@ def score_continuations(
         )
         logits = model(
             inp,
-            past_key_values=cache,
             attention_mask=mask.long(),
             position_ids=own_lens[:, None] + steps[None, :],
             use_cache=True,
+            **{cache_arg: cache},
         ).logits
         rest = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)  # [N, rest_len, vocab]
     for j, (q, cont) in enumerate(zip(owner, flat, strict=True)):

@@ -14,12 +14,10 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
+from clinray.models.chat_template import STOP_STRINGS
 from clinray.prompting.templates import LETTERS
 
-__all__ = ["ParsedAnswer", "parse_answer", "reasoning_of", "clean_completion", "STOP_STRINGS"]
-
-#: Text after which a completion is no longer the assistant's answer.
-STOP_STRINGS = ("</s>", "<|prompter|>", "<|system|>", "<|assistant|>", "<|endoftext|>", "<|im_end|>")
+__all__ = ["ParsedAnswer", "parse_answer", "reasoning_of", "clean_completion"]
 
 _MARKER = re.compile(
     r"(?:correct\s+(?:answer|option|choice)\s+is|answer\s+is|final\s+answer|answer|option\s+is)\s*[:\-]?",

@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from clinray.config import dump
 from clinray.models.chat_template import COT_ANSWER_PREFIX, COT_PREFIX
+from clinray.results import StageResult, missing_file
 from clinray.retrieval.embed import EmbedConfig, embedding_text
 from clinray.retrieval.milvus_store import MAX_TEXT_CHARS, StoreConfig
 
@@ -70,6 +72,47 @@ class IndexConfig:
             raise ValueError("nothing to index: set world=<tiny world folder> or inputs=[{path: ...}]")
         if self.num_embed_actors < 1 or self.insert_batch_size < 1:
             raise ValueError("num_embed_actors and insert_batch_size must be at least 1")
+
+    def check_inputs(self) -> list[str]:
+        """Every missing question or CoT file at once, before Ray starts."""
+        problems: list[str] = []
+        inputs, cot = list(self.inputs), list(self.sft_cot)
+        if self.world:
+            if not (Path(self.world) / "manifest.json").is_file():
+                return [f"world {self.world!r} is not a tiny world folder (no manifest.json)"]
+            more, more_cot = world_inputs(self.world)
+            inputs, cot = inputs + more, cot + more_cot
+        for spec in inputs:
+            problems += missing_file(spec.path, f"index input ({spec.source or 'questions'})")
+        for path in cot:
+            problems += missing_file(path, "sft_cot file")
+        return problems
+
+
+@dataclasses.dataclass(kw_only=True)
+class IndexResult(StageResult):
+    """The example store one index build wrote, with its counts."""
+
+    uri: str
+    collection: str
+    report_path: Path
+    report: dict[str, Any]
+    """num_read, num_written, num_rejected, rejected_by_reason, count, wall_s, the first rejects."""
+
+    @property
+    def count(self) -> int:
+        return int(self.report["count"])
+
+    def outputs(self) -> dict[str, str]:
+        return {"index": self.uri, "index_report": str(self.report_path)}
+
+    def summary(self) -> str:
+        r = self.report
+        head = (
+            f"index: {r['num_written']} of {r['num_read']} examples written to {self.collection} "
+            f"({r['count']} in the collection), rejected {r['rejected_by_reason'] or 0}, {r['wall_s']} s"
+        )
+        return "\n".join([head, StageResult.summary(self)])
 
 
 def world_inputs(world: str | Path) -> tuple[list[InputSpec], list[str]]:
@@ -201,8 +244,8 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
                 yield num, exc
 
 
-def build_index(cfg: IndexConfig) -> dict[str, Any]:
-    """Embed every usable training question and upsert it into the store; return the report.
+def build_index(cfg: IndexConfig) -> IndexResult:
+    """Embed every usable training question and upsert it into the store; return what was written.
 
     Needs a running Ray (``ray.init``); the caller owns it.
     """
@@ -243,8 +286,15 @@ def build_index(cfg: IndexConfig) -> dict[str, Any]:
     path = Path(cfg.report) if cfg.report else _default_report_path(cfg.store)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    report["report"] = str(path)
-    return report
+    config_path = dump(cfg, path.with_name(f"{cfg.store.collection}_config.yaml"))
+    return IndexResult(
+        uri=cfg.store.uri,
+        collection=cfg.store.collection,
+        report_path=path,
+        report=report,
+        config_path=config_path,
+        problems=[] if report["count"] else ["the collection holds no example"],
+    )
 
 
 def _default_report_path(store: StoreConfig) -> Path:

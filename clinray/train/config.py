@@ -210,13 +210,28 @@ class PretrainConfig:
     run: RunSection = dataclasses.field(default_factory=RunSection)
     """Storage, failures, checkpoints."""
 
+    def check_inputs(self) -> list[str]:
+        """Missing inputs and inconsistent batch geometry, all at once, before Ray starts."""
+        problems = self.missing_paths()
+        if not problems:
+            from clinray.train.trainer import plan_run
+
+            try:
+                plan_run(self)
+            except ValueError as exc:
+                problems.append(str(exc))
+        return problems
+
     def validate_paths(self) -> None:
         """Raise ValueError when the model or data folder is missing (called before starting workers)."""
-        from pathlib import Path
+        problems = self.missing_paths()
+        if problems:
+            raise ValueError("; ".join(problems))
 
-        if not self.model.path or not (Path(self.model.path) / "config.json").is_file():
-            raise ValueError(
-                f"model.path {self.model.path!r} is not a Hugging Face model folder (no config.json)"
-            )
-        if not self.data.path or not Path(self.data.path).is_dir():
-            raise ValueError(f"data.path {self.data.path!r} is not a folder of token-block Parquet files")
+    def missing_paths(self) -> list[str]:
+        """The model folder and the token-block folder, when missing."""
+        from clinray.results import missing_dir, missing_model
+
+        return missing_model(self.model.path, "model.path") + missing_dir(
+            self.data.path, "data.path (token blocks from `clinray pack`)"
+        )

@@ -150,6 +150,19 @@ def _step_metrics(
     return metrics
 
 
+def _progress_line(metrics: dict, *, total_steps: int) -> str:
+    """``step 12/140  loss clinical 3.412 general 3.901  lr 1.2e-03  tok/s 6,950`` (sources with tokens)."""
+    losses = " ".join(
+        f"{key.removeprefix('loss_')} {value:.3f}"
+        for key, value in metrics.items()
+        if key.startswith("loss_") and value is not None
+    )
+    return (
+        f"step {metrics['step']}/{total_steps}  loss {losses or format(metrics['loss'], '.3f')}"
+        f"  lr {metrics['lr']:.1e}  tok/s {metrics['tokens_per_s']:,.0f}"
+    )
+
+
 def _add_flops(plan: dict, cfg, model, device: torch.device) -> None:
     """FLOPs per token and (on a GPU from the table) the device's peak, for MFU."""
     from clinray.train.fsdp import resolve_param_dtype
@@ -322,8 +335,9 @@ def train_loop_per_worker(config: dict) -> None:
         )
         metrics["elapsed_s"] = now - start  # since this worker started training (wall clock, all included)
         last_log, tokens_since_log = now, 0
-        if writer is not None:
+        if writer is not None:  # rank 0
             writer.write(metrics)
+            print(_progress_line(metrics, total_steps=total_steps), flush=True)
         _report(
             model,
             optimizer,

@@ -9,15 +9,53 @@ storage); a worker failure inside one ``fit()`` resumes by itself up to ``run.ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from clinray.config import dump, to_dict
 from clinray.data.blocks import read_block_manifest
+from clinray.results import StageResult
 from clinray.train.config import PretrainConfig
 from clinray.train.data import build_dataset
 
-__all__ = ["plan_run", "build_trainer", "run_pretrain"]
+__all__ = ["plan_run", "build_trainer", "run_pretrain", "TrainResult"]
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainResult(StageResult):
+    """A finished (or resumed and finished) training run."""
+
+    run_dir: Path
+    hf_final: Path
+    plot: Path
+    checkpoint: str | None
+    total_steps: int
+    grad_accum: int
+    first: dict[str, Any]
+    """The first metrics row (step, loss per source, lr, tokens/s)."""
+    last: dict[str, Any]
+    """The last metrics row."""
+
+    def outputs(self) -> dict[str, str]:
+        return {
+            "pretrained_model": str(self.hf_final),
+            "pretrain_run": str(self.run_dir),
+            "loss_plot": str(self.plot),
+        }
+
+    def losses(self) -> dict[str, tuple[float, float]]:
+        """Per-source loss, first -> last logged step."""
+        keys = [k for k in self.last if k.startswith("loss_") and isinstance(self.last[k], int | float)]
+        return {k.removeprefix("loss_"): (self.first.get(k), self.last[k]) for k in keys}
+
+    def summary(self) -> str:
+        losses = ", ".join(
+            f"{name} {a:.3f} -> {b:.3f}" for name, (a, b) in self.losses().items() if a is not None
+        )
+        head = f"training: {self.last['step']}/{self.total_steps} steps; loss {losses}"
+        return "\n".join([head, StageResult.summary(self)])
 
 
 def plan_run(cfg: PretrainConfig) -> dict:
@@ -93,7 +131,7 @@ def build_trainer(cfg: PretrainConfig, plan: dict):
     )
 
 
-def run_pretrain(cfg: PretrainConfig) -> dict:
+def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     """Run (or resume) the pretraining run of ``cfg``; return a summary with the paths it wrote."""
     from clinray.train.metrics import read_metrics
     from clinray.train.plots import plot_loss_per_source
@@ -101,7 +139,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     plan = plan_run(cfg)
     run_dir = Path(plan["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump(cfg, run_dir / "config.yaml")
+    config_path = dump(cfg, run_dir / "config.yaml")
     (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     result = build_trainer(cfg, plan).fit()
     if result.error is not None:
@@ -110,13 +148,16 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     png = plot_loss_per_source(
         run_dir / "metrics.jsonl", run_dir / "loss_per_source.png", title=f"{cfg.run.name}: loss per source"
     )
-    return {
-        "run_dir": str(run_dir),
-        "hf_final": str(run_dir / "hf" / "final"),
-        "plot": str(png),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "total_steps": plan["total_steps"],
-        "grad_accum": plan["grad_accum"],
-        "first": rows[0],
-        "last": rows[-1],
-    }
+    hf_final = run_dir / "hf" / "final"
+    return TrainResult(
+        run_dir=run_dir,
+        hf_final=hf_final,
+        plot=Path(png),
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        total_steps=plan["total_steps"],
+        grad_accum=plan["grad_accum"],
+        first=rows[0],
+        last=rows[-1],
+        config_path=config_path,
+        problems=[] if (hf_final / "config.json").is_file() else [f"no final HF export at {hf_final}"],
+    )

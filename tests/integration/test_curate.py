@@ -35,7 +35,7 @@ def curated(ray_local, world_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("curate")
     cfg = load(
         CurateConfig,
-        ROOT / "configs/tiny/curate.yaml",
+        "tiny/curate",
         [f"input_root={world_dir / 'corpus'}", f"output.dir={out}", "output.overwrite=true", *ISSUE_C_OFF],
     )
     result = run_curation(cfg)
@@ -156,7 +156,7 @@ def test_row_stages_and_write_fuse_into_balanced_parse_calls(ray_local, world_di
     calls stay separate tasks (none bundled into one) and every call gets a mix of formats."""
     cfg = load(
         CurateConfig,
-        ROOT / "configs/tiny/curate.yaml",
+        "tiny/curate",
         [
             f"input_root={world_dir / 'corpus'}",
             f"output.dir={tmp_path / 'out'}",

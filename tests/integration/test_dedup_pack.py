@@ -26,7 +26,7 @@ def curated(ray_local, world_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("curate_c")
     cfg = load(
         CurateConfig,
-        ROOT / "configs/tiny/curate.yaml",
+        "tiny/curate",
         [
             f"input_root={world_dir / 'corpus'}",
             f"output.dir={out}",
@@ -112,7 +112,7 @@ def test_packed_blocks_have_context_length_and_manifest_counts(curated, tiny_mod
     result, docs, _ = curated
     cfg = load(
         PackConfig,
-        ROOT / "configs/tiny/pack.yaml",
+        "tiny/pack",
         [
             f"input_dir={result.docs_dir}",
             f"output_dir={tmp_path / 'blocks'}",
@@ -120,7 +120,7 @@ def test_packed_blocks_have_context_length_and_manifest_counts(curated, tiny_mod
             "seq_len=64",
         ],
     )
-    manifest = run_pack(cfg)
+    manifest = run_pack(cfg).manifest
     assert read_block_manifest(tmp_path / "blocks") == manifest
     counted: dict[str, int] = {}
     for path in block_files(tmp_path / "blocks"):

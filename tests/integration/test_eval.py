@@ -12,6 +12,9 @@ import pytest
 
 from clinray.eval.harness import TASKS_DIR
 
+#: lm-eval's CLI in a subprocess and evaluations on the local Ray cluster: well over 20 s on 2 cores.
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 LM_EVAL = Path(sys.executable).parent / "lm_eval"
 LIMIT = 40  # first 40 test questions: the same ones in lm-eval's CLI and in clinray eval
 
@@ -66,16 +69,16 @@ def test_clinray_eval_matches_lm_eval_cli(ray_local, world_dir, tiny_model_dir, 
         },
     )
     result = run_eval(cfg)
-    fast, other = result["results"]
+    fast, other = result.results
     assert fast["results"]["clinray_medqa_4"]["acc"] == pytest.approx(cli_acc, abs=1e-9)
     assert other["results"]["clinray_medqa_4"]["acc"] == pytest.approx(cli_acc, abs=1e-9)
     num_test = min(LIMIT, len((questions / "medqa" / "test.jsonl").read_text().splitlines()))
     assert fast["num_questions"]["clinray_medqa_4"] == num_test
     # outputs: table (rows = models, columns = tasks), CSV, results.json, per-sample logs
-    md = result["table_md"].read_text()
+    md = result.table_md.read_text()
     assert "| model | medqa_4 | medqa_4_letter |" in md and f"| tiny | {100 * cli_acc:.2f} |" in md
-    assert result["table_csv"].read_text().splitlines()[0] == "model,clinray_medqa_4,clinray_medqa_4_letter"
-    saved = json.loads(result["results_json"].read_text())
+    assert result.table_csv.read_text().splitlines()[0] == "model,clinray_medqa_4,clinray_medqa_4_letter"
+    saved = json.loads(result.results_json.read_text())
     assert [m["model"] for m in saved["models"]] == ["tiny", "tiny_again"]
     lines = [
         json.loads(x) for x in (tmp_path / "eval/samples/tiny/clinray_medqa_4.jsonl").read_text().splitlines()
@@ -115,10 +118,10 @@ def test_checkpoint_sweep_plots_accuracy_against_tokens(ray_local, world_dir, ti
         },
     )
     result = run_sweep(cfg)
-    assert [p["tokens_seen"] for p in result["points"]] == [0, 20 * 4096, 40 * 4096]  # base model at 0
-    assert len({p["clinray_medqa_4"] for p in result["points"]}) == 1  # same weights, same accuracy
-    assert any("instruction tuning off" in n for n in result["notes"])  # said in the notes, never faked
-    png = result["sweep_png"]
+    assert [p["tokens_seen"] for p in result.points] == [0, 20 * 4096, 40 * 4096]  # base model at 0
+    assert len({p["clinray_medqa_4"] for p in result.points}) == 1  # same weights, same accuracy
+    assert any("instruction tuning off" in n for n in result.notes)  # said in the notes, never faked
+    png = result.sweep_png
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
     assert (
         (tmp_path / "sweep" / "sweep.csv")

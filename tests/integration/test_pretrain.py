@@ -34,7 +34,7 @@ def blocks_dir(world_dir, tiny_model_dir, tmp_path_factory) -> Path:
 def _cfg(storage: Path, name: str, model: Path, blocks: Path, *extra: str) -> PretrainConfig:
     return load(
         PretrainConfig,
-        Path(__file__).parents[2] / "configs" / "tiny" / "pretrain.yaml",
+        "tiny/pretrain",
         [
             f"model.path={model}",
             f"data.path={blocks}",
@@ -62,7 +62,7 @@ def uninterrupted(ray_local, tiny_model_dir, blocks_dir, tmp_path_factory):
 
     storage = tmp_path_factory.mktemp("runs")
     summary = run_pretrain(_cfg(storage, "clean", tiny_model_dir, blocks_dir))
-    return summary, read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
+    return summary, read_metrics(Path(summary.run_dir) / "metrics.jsonl")
 
 
 def test_two_worker_fsdp_lowers_clinical_loss(uninterrupted):
@@ -76,11 +76,11 @@ def test_two_worker_fsdp_lowers_clinical_loss(uninterrupted):
     assert last < first - 0.5, f"clinical loss did not drop: {first:.3f} -> {last:.3f}"
     assert rows[-1]["tokens_seen"] == NUM_STEPS * 1024
     assert rows[0]["lr"] == pytest.approx(0.1 * 3e-3)  # the loop follows the schedule: warm-up from 0.1 x max
-    final = Path(summary["hf_final"])
+    final = Path(summary.hf_final)
     meta = json.loads((final / "clinray_meta.json").read_text())
     assert meta["step"] == NUM_STEPS and meta["tokens_seen"] == NUM_STEPS * 1024
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
-    assert Path(summary["plot"]).stat().st_size > 1000
+    assert Path(summary.plot).stat().st_size > 1000
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(final)  # the export loads as a plain HF model
@@ -94,7 +94,7 @@ def test_killed_worker_resumes_and_matches(uninterrupted, ray_local, tiny_model_
     summary = run_pretrain(
         _cfg(tmp_path, "killed", tiny_model_dir, blocks_dir, f"train.fail_at_step={FAIL_AT}")
     )
-    run_dir = Path(summary["run_dir"])
+    run_dir = Path(summary.run_dir)
     assert (run_dir / f".failed_once_at_{FAIL_AT}").exists(), "the worker was never killed"
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, NUM_STEPS + 1))

@@ -161,20 +161,20 @@ def test_index_build_counts_rejects_and_rebuild_is_idempotent(ray_local, tmp_pat
         "sft_cot": [str(tmp_path / "sft.jsonl")],
         "store": {"uri": str(tmp_path / "index.db")},
     }
-    cfg = load(IndexConfig, "configs/tiny/index.yaml", overrides)
+    cfg = load(IndexConfig, "tiny/index", overrides)
     first = build_index(cfg)
-    assert first["count"] == first["num_written"] == 8  # mq0..mq6 and mm0
-    assert first["rejected_by_reason"] == {
+    assert first.count == first.report["num_written"] == 8  # mq0..mq6 and mm0
+    assert first.report["rejected_by_reason"] == {
         "cot_answer_mismatch": 1,
         "bad_json": 1,
         "bad_options_or_answer": 1,
     }
-    assert {(r["line"], r["reason"]) for r in first["rejects"]} >= {
+    assert {(r["line"], r["reason"]) for r in first.report["rejects"]} >= {
         (9, "bad_json"),
         (8, "cot_answer_mismatch"),
     }
     second = build_index(cfg)
-    assert second["count"] == 8 and second["num_written"] == 8
+    assert second.count == 8 and second.report["num_written"] == 8
     store = MilvusExampleStore(cfg.store)
     pool = store.all_examples()
     store.close()

@@ -96,13 +96,13 @@ RECIPE_CLASSES = {
     "pack": "clinray.data.pack:PackConfig",
     "pretrain": "clinray.train.config:PretrainConfig",
     "eval": "clinray.eval.config:EvalConfig",
-    "eval_medprompt": "clinray.eval.medprompt_eval:MedpromptEvalConfig",
+    "medprompt_eval": "clinray.eval.medprompt_eval:MedpromptEvalConfig",
     "index": "clinray.retrieval.build_index:IndexConfig",
-    "medprompt": "clinray.retrieval.medprompt_service:MedpromptRunConfig",
+    "medprompt": "clinray.serve.setup:MedpromptRunConfig",
 }
 #: Values a recipe leaves to the command line on purpose.
-RUNTIME_VALUES = {"eval_medprompt": ["setup.engine.model=some/model"]}
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+RUNTIME_VALUES = {"medprompt_eval": ["setup.engine.model=some/model"]}
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "clinray" / "configs").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")

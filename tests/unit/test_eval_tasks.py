@@ -170,8 +170,8 @@ def test_tables_merge_and_missing_cells(tmp_path):
     assert paths["table_md"].read_text().count("\n| ") >= 3
 
 
-def test_find_checkpoints_and_missing_sft_hook(tmp_path):
-    from clinray.eval.sweep import find_checkpoints, resolve_sft_hook
+def test_find_checkpoints_and_missing_tuner(tmp_path, caplog):
+    from clinray.eval.sweep import NO_TUNER_NOTE, _choose_tuner, find_checkpoints
 
     for name, step, tokens in [
         ("step_20", 20, 2000),
@@ -188,8 +188,33 @@ def test_find_checkpoints_and_missing_sft_hook(tmp_path):
     assert [(c.name, c.tokens_seen) for c in found] == [("step_10", 1000), ("step_20", 2000)]
     with pytest.raises(ValueError, match="pretraining run folder"):
         find_checkpoints(tmp_path / "nope")
-    hook, note = resolve_sft_hook("clinray.no_such_module:instruction_tune")
-    assert hook is None and "skipped" in note
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clinray.eval.sweep"):
+        tuner, note = _choose_tuner(None, requested=True)
+    assert tuner is None and note == NO_TUNER_NOTE
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.WARNING, NO_TUNER_NOTE)]
+    assert _choose_tuner(lambda *a, **k: a[0], requested=False)[0] is None
+
+
+def test_explicit_tuner_is_called_once_per_checkpoint(tmp_path):
+    from clinray.eval.sweep import Checkpoint, _choose_tuner, _tuned_models
+
+    calls = []
+
+    def tune(model_dir: Path, *, out_dir: Path, config: str) -> Path:
+        calls.append((model_dir, out_dir, config))
+        return out_dir / "hf"
+
+    checkpoints = [
+        Checkpoint(name=name, path=tmp_path / "hf" / name, step=step, tokens_seen=10 * step)
+        for name, step in [("base", 0), ("step_10", 10), ("final", 20)]
+    ]
+    tuner, note = _choose_tuner(tune, requested=True)
+    assert tuner is tune and "tune" in note
+    models = _tuned_models(checkpoints, tuner, tmp_path / "out", config="sft.yaml")
+    assert calls == [(c.path, tmp_path / "out" / "sft" / c.name, "sft.yaml") for c in checkpoints]
+    assert models == {c.name: str(tmp_path / "out" / "sft" / c.name / "hf") for c in checkpoints}
+    assert _tuned_models(checkpoints, None, tmp_path / "out") == {c.name: str(c.path) for c in checkpoints}
 
 
 def test_config_errors_are_actionable():
@@ -200,7 +225,7 @@ def test_config_errors_are_actionable():
         load(EvalConfig, None, {"tasks": ["a"], "merge_columns": {"m": ["b"]}})
     with pytest.raises(ConfigError, match="metric"):
         load(EvalConfig, None, ["metric=f1"])
-    cfg = load(EvalConfig, "configs/tiny/eval.yaml", ["models.tiny=/m"])
+    cfg = load(EvalConfig, "tiny/eval", ["models.tiny=/m"])
     assert cfg.models == {"tiny": "/m"} and "mmlu_medical" in cfg.merge_columns
 
 
@@ -293,8 +318,8 @@ def test_medprompt_eval_scores_after_generated_reasoning(data_dir, small_model, 
         },
     )
     result = run_medprompt_eval(cfg)
-    rows = result["strategies"]
-    assert set(rows) == {"zero_shot", "zero_shot_cot"} and result["num_questions"] == 3
+    rows = result.strategies
+    assert set(rows) == {"zero_shot", "zero_shot_cot"} and result.num_questions == 3 and result.ok
     assert (
         0.0 <= rows["zero_shot_cot"]["likelihood"] <= 1.0
         and 0.0 <= rows["zero_shot_cot"]["parse_rate"] <= 1.0
@@ -303,39 +328,26 @@ def test_medprompt_eval_scores_after_generated_reasoning(data_dir, small_model, 
     assert len(lines) == 6 and all(
         len(x["completions"]) == 1 for x in lines if x["strategy"] == "zero_shot_cot"
     )
-    assert result["png"].read_bytes()[:4] == b"\x89PNG"
+    assert result.png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="strategies"):
         load(MedpromptEvalConfig, None, {"strategies": ["magic"]})
 
 
 def test_cli_flags_build_the_config():
+    """The eval shortcuts are --set overrides, so every door resolves the same config."""
     import argparse
 
-    from clinray.commands import eval as eval_cmd
+    from clinray.config import ConfigError, load
+    from clinray.jobs import JOBS, add_job_arguments, flag_overrides
 
+    job = JOBS["eval"]
     parser = argparse.ArgumentParser()
-    eval_cmd.add_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--config",
-            "configs/tiny/eval.yaml",
-            "--model",
-            "a=/m/a",
-            "--model",
-            "b=/m/b",
-            "--task",
-            "clinray_medqa_4",
-            "--data-dir",
-            "/q",
-            "--sweep",
-            "/run",
-            "--set",
-            "limit=5",
-        ]
-    )
-    cfg = eval_cmd.build_config(args)
-    assert cfg.models == {"a": "/m/a", "b": "/m/b"} and cfg.tasks == ["clinray_medqa_4"]
+    add_job_arguments(parser, job)
+    argv = ["--config", "tiny/eval", "--model", "a=/m/a", "--model", "b=/m/b", "--data-dir", "/q"]
+    args = parser.parse_args([*argv, "--sweep", "/run", "--set", "limit=5"])
+    overrides = [*args.overrides, *flag_overrides(job, args)]
+    cfg = load(job.config_class(), args.config, overrides)
+    assert cfg.models == {"a": "/m/a", "b": "/m/b"}
     assert (cfg.data_dir, cfg.limit, cfg.sweep.pretrain_run) == ("/q", 5, "/run")
-    assert not args.medprompt and parser.parse_args(["--medprompt"]).medprompt
-    with pytest.raises(ValueError, match="NAME=PATH"):
-        eval_cmd.build_config(parser.parse_args(["--model", "nopath"]))
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        flag_overrides(job, parser.parse_args(["--config", "tiny/eval", "--model", "nopath"]))

@@ -179,16 +179,16 @@ def test_identity_check_reports_violations(tmp_path):
 
 
 def test_recipes_load_and_bad_values_are_explained():
-    tiny = load(CurateConfig, ROOT / "configs/tiny/curate.yaml")
+    tiny = load(CurateConfig, "tiny/curate")
     assert [i.source for i in tiny.inputs][:2] == ["pmc", "pubmed"]
-    paper = load(CurateConfig, ROOT / "configs/paper/curate.yaml")
+    paper = load(CurateConfig, "paper/curate")
     assert paper.readers.concurrency > tiny.readers.concurrency
     with pytest.raises(ConfigError, match="domain"):
         load(CurateConfig, None, {"inputs": [{"glob": "*.txt", "source": "x", "domain": "legal"}]})
     with pytest.raises(ConfigError, match="at least one entry in 'inputs'"):
         load(CurateConfig, None, [])
     with pytest.raises(ConfigError, match="did you mean 'min_words'"):
-        load(CurateConfig, ROOT / "configs/tiny/curate.yaml", ["length.min_word=3"])
+        load(CurateConfig, "tiny/curate", ["length.min_word=3"])
     assert json.loads(json.dumps(tiny.exact_dedup.source_priority))[0] == "pmc"
 
 

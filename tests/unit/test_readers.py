@@ -333,7 +333,9 @@ def test_generated_world_inputs_parse_to_manifest_ids(world_dir, world_manifest)
 
     from clinray.data.readers import expand_inputs
 
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/tiny/curate.yaml").read_text())
+    recipe = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "clinray/configs/tiny/curate.yaml").read_text()
+    )
     specs = [InputSpec(**d) for d in recipe["inputs"]]
     got, rejects = {}, []
     for item in expand_inputs(specs, root=world_dir / "corpus"):

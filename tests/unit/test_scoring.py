@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clinray.engines.transformers_engine import TransformersEngine
-from clinray.models.scoring import score_continuations
+from clinray.models.scoring import cache_argument, score_continuations
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_growing_cache_generates_exactly_what_the_default_cache_does(engine):
     assert cache is not None and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
     with torch.inference_mode():
         default = engine.model.generate(**enc, **kwargs)
-        grown = engine.model.generate(**enc, **kwargs, past_key_values=cache)
+        grown = engine.model.generate(**enc, **kwargs, **{cache_argument(engine.model): cache})
     assert torch.equal(default, grown)
     layer = cache.layers[0]
     assert layer.keys.shape[-2] == enc["input_ids"].shape[1] + 23  # every position but the last token's

@@ -9,14 +9,21 @@ from clinray.config import load
 from clinray.train.config import PretrainConfig
 from clinray.train.trainer import plan_run
 
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "pretrain.yaml"
+RECIPE = "tiny/pretrain"
 
 
 def test_relative_paths_reach_workers_absolute(tmp_path, monkeypatch):
     """Workers run in their own working directory, so the driver must resolve relative paths."""
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(
-        json.dumps({"max_position_embeddings": 1024, "num_hidden_layers": 4, "hidden_size": 128})
+        json.dumps(
+            {
+                "model_type": "mistral",
+                "max_position_embeddings": 1024,
+                "num_hidden_layers": 4,
+                "hidden_size": 128,
+            }
+        )
     )
     (tmp_path / "blocks").mkdir()
     manifest = {

@@ -1,0 +1,44 @@
+"""clinray's lm-eval task folder (``lm_eval --include_path clinray/eval/tasks``) and the files each task reads.
+
+:func:`task_files` reads a task's YAML (following groups to their tasks) for the data file it loads
+relative to the data folder, so ``clinray eval`` can list every missing file before Ray and lm-eval start.
+Tasks that are not clinray's (lm-eval built-ins) read no local files and list none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+TASKS_DIR = Path(__file__).resolve().parent
+
+
+class _Loader(yaml.SafeLoader):
+    """Reads lm-eval task YAML without resolving ``!function`` tags."""
+
+
+_Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _task_yaml(name: str) -> dict | None:
+    for path in TASKS_DIR.glob("*.yaml"):
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+        if name in (data.get("task"), data.get("group")):
+            return data
+    return None
+
+
+def task_files(name: str) -> list[str]:
+    """The data files (relative to the data folder) that task or group ``name`` reads."""
+    data = _task_yaml(name)
+    if data is None:
+        return []
+    if "group" in data:
+        return [f for sub in data.get("task", []) if isinstance(sub, str) for f in task_files(sub)]
+    kwargs = data.get("dataset_kwargs") or {}
+    if kwargs.get("test_file"):
+        return [kwargs["test_file"]]
+    if kwargs.get("subject"):  # MMLU: the original release layout
+        return [f"mmlu/test/{kwargs['subject']}_test.csv"]
+    return []
