@@ -261,9 +261,9 @@ def run_demo(
         raise ValueError(f"no demo stage {unknown}; stages: {', '.join(names)}")
     chosen = [m for m in stages if not only or stage_name(m) in only]
     ctx = DemoContext(run_dir=run_dir, seed=seed, artifacts=artifacts, overrides=dict(overrides or {}))
+    _check_needs(chosen, ctx, makers=_makers(stages))
     (run_dir / SECTIONS).mkdir(parents=True, exist_ok=True)
     print(f"clinray demo: {len(chosen)} stage(s), run folder {run_dir} (logs: demo.log)", flush=True)
-    _check_needs(chosen, ctx, makers=_makers(stages))
     with _stderr_to(run_dir / "demo.log"):
         code, headlines = _run_stages(chosen, ctx)
     report = run_dir / "report.md"
@@ -292,7 +292,9 @@ def _run_stages(chosen: list[Any], ctx: DemoContext) -> tuple[int, list[str]]:
     import ray
 
     run_dir = ctx.run_dir
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    own = not ray.is_initialized()  # a caller that started Ray (a notebook, a test) keeps it
+    if own:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     code, headlines = 0, []
     try:
         for i, module in enumerate(chosen, 1):
@@ -307,5 +309,6 @@ def _run_stages(chosen: list[Any], ctx: DemoContext) -> tuple[int, list[str]]:
                 break
             headlines += row["headline"]
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
     return code, headlines

@@ -18,6 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only these stages (repeatable); what they need must exist (earlier stages or --resume)",
     )
     parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="JOB:KEY=VALUE",
+        help="override one value of a stage's job, e.g. --set pretrain:train.max_steps=10 (repeatable)",
+    )
+    parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="an earlier demo run: stages read its artifacts and its report is updated",
@@ -26,6 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clinray.demo import run_demo
+    from clinray.jobs import get_job
 
-    _, code = run_demo(out_root=args.out, seed=args.seed, only=args.only, resume=args.resume)
+    overrides: dict[str, list[str]] = {}
+    for item in args.overrides:
+        job, sep, override = item.partition(":")
+        if not sep or "=" not in override:
+            raise ValueError(f"--set {item!r} must be JOB:KEY=VALUE, e.g. pretrain:train.max_steps=10")
+        overrides.setdefault(get_job(job).name, []).append(override)
+    _, code = run_demo(
+        out_root=args.out, seed=args.seed, only=args.only, resume=args.resume, overrides=overrides
+    )
     return code

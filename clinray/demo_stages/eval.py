@@ -86,5 +86,5 @@ def run(ctx: DemoContext) -> Section:
         metrics=metrics,
         notes=notes,
         images=images,
-        headline=["", "Accuracy (%), full-answer likelihood:", to_markdown(table)],
+        headline=["", "Accuracy (%), full-answer likelihood:", to_markdown(table).rstrip()],
     )

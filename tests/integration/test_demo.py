@@ -1,0 +1,109 @@
+"""``clinray demo`` end to end at toy size, then ``--resume RUN --only pack`` from the files on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+#: Toy sizes: a few training steps, a few questions (the stages and their jobs are the real ones).
+SMALL = [
+    "pretrain:train.max_steps=4",
+    "pretrain:train.hf_export_every=2",
+    "eval:limit=5",
+    "medprompt_eval:limit=1",
+    "medprompt_eval:strategies=[zero_shot_cot,cot_ensemble]",
+]
+
+
+def _demo(*args: str, cwd) -> subprocess.CompletedProcess:
+    small = [f"--set={s}" for s in SMALL]
+    return subprocess.run(
+        [sys.executable, "-m", "clinray.cli", "demo", *args, *small],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("demo")
+    proc = _demo("--out", str(cwd / "runs"), cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (cwd / "runs").iterdir()
+    return proc, run_dir
+
+
+def test_demo_is_short_and_ends_with_the_results(demo_run):
+    proc, run_dir = demo_run
+    lines = proc.stdout.rstrip().splitlines()
+    assert len(lines) <= 80, proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert lines[-1].startswith("|"), "the terminal ends with a results table"
+    out = proc.stdout
+    for needle in ("curation ", "documents parsed", "loss clinical", "Accuracy (%)", "| random_init |"):
+        assert needle in out, needle
+    sections = sorted(p.name for p in (run_dir / "sections").glob("*.json"))
+    assert len(sections) == 7 and all(
+        json.loads((run_dir / "sections" / s).read_text())["status"].startswith("ok") for s in sections
+    )
+    report = (run_dir / "report.md").read_text()
+    assert report.count("\n## ") == 7 and "Checkpoint sweep" in report
+
+
+def test_resume_reruns_one_stage_from_disk(demo_run, tmp_path):
+    _, run_dir = demo_run
+    before = json.loads((run_dir / "sections" / "50_pack.json").read_text())
+    artifacts = json.loads((run_dir / "artifacts.json").read_text())
+    proc = _demo("--resume", str(run_dir), "--only", "pack", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[1/1] Mixture and packing" in proc.stdout
+    after = json.loads((run_dir / "sections" / "50_pack.json").read_text())
+    assert after["status"].startswith("ok") and after["wall_s"] != before["wall_s"]
+    assert json.loads((run_dir / "artifacts.json").read_text()) == artifacts  # same paths, rewritten in place
+    assert (run_dir / "report.md").read_text().count("\n## ") == 7  # assembled from every section on disk
+
+
+def test_a_stage_whose_inputs_are_missing_stops_before_ray(tmp_path):
+    start = time.perf_counter()
+    proc = _demo("--out", str(tmp_path / "runs"), "--only", "pretrain", cwd=tmp_path)
+    assert proc.returncode == 2 and time.perf_counter() - start < 10
+    assert "needs 'token_blocks' (made by stage pack)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_curate_runs_from_a_folder_outside_the_checkout(world_dir, tmp_path):
+    """Recipes are package data: a job finds ``tiny/curate`` wherever it runs."""
+    out = tmp_path / "curated"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clinray.cli",
+            "curate",
+            "--config",
+            "tiny/curate",
+            "--input-root",
+            str(world_dir / "corpus"),
+            "--out",
+            str(out),
+            "--set",
+            f"decontaminate.questions_root={world_dir / 'questions'}",
+            "--num-cpus",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (
+        "documents kept" in proc.stdout and (out / "config.yaml").is_file() and (out / "_SUCCESS").is_file()
+    )
