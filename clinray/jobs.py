@@ -38,6 +38,7 @@ __all__ = [
     "main",
     "run_parsed",
     "add_job_arguments",
+    "add_set_argument",
     "flag_overrides",
 ]
 
@@ -79,6 +80,8 @@ class Job:
     """The ``ray_jobs`` module of this stage (``python -m ray_jobs.<module>``)."""
     needs_ray: bool = True
     """Run inside :func:`clinray.ray_session.ray_session` (False: the stage does not use Ray)."""
+    worker_output: bool = False
+    """Show the Ray workers' standard output on the terminal (training prints one line per log step)."""
 
     @property
     def command(self) -> str:
@@ -136,6 +139,7 @@ JOBS: dict[str, Job] = {
             config="clinray.train.config:PretrainConfig",
             entry="clinray.train.trainer:run_pretrain",
             ray_job="pretrain",
+            worker_output=True,
             flags=(
                 Flag(option="--model", key="model.path", help="HF folder of the model to start from"),
                 Flag(option="--data", key="data.path", help="token-block folder from `clinray pack`"),
@@ -197,6 +201,18 @@ def get_job(name: str) -> Job:
     return JOBS[key]
 
 
+def add_set_argument(parser: argparse.ArgumentParser, *, example: str, metavar: str = "KEY=VALUE") -> None:
+    """The repeatable ``--set`` override option (into ``args.overrides``) that every command shares."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar=metavar,
+        help=f"override one config value, e.g. --set {example} (repeatable)",
+    )
+
+
 def add_job_arguments(parser: argparse.ArgumentParser, job: Job) -> None:
     """``--config`` (required), ``--set``, ``--num-cpus`` and the job's shortcut flags."""
     parser.add_argument(
@@ -204,14 +220,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, job: Job) -> None:
         required=True,
         help="a shipped recipe (e.g. tiny/curate; `clinray recipes` lists them) or a YAML file",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.max_lr=1e-4 (repeatable)",
-    )
+    add_set_argument(parser, example="train.max_lr=1e-4")
     parser.add_argument(
         "--num-cpus", type=int, default=None, help="CPUs of a private local Ray cluster (default: all)"
     )
@@ -253,7 +262,7 @@ def execute(job: Job | str, config: str, overrides: list[str] | None = None, *, 
     cfg = load_job_config(job, config, list(overrides or []))
     if not job.needs_ray:
         return job.entry_function()(cfg)
-    with ray_session(num_cpus=num_cpus):
+    with ray_session(num_cpus=num_cpus, log_to_driver=job.worker_output):
         quiet_ray_console()
         return job.entry_function()(cfg)
 

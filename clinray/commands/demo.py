@@ -17,14 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STAGE",
         help="run only these stages (repeatable); what they need must exist (earlier stages or --resume)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="JOB:KEY=VALUE",
-        help="override one value of a stage's job, e.g. --set pretrain:train.max_steps=10 (repeatable)",
-    )
+    from clinray.jobs import add_set_argument
+
+    add_set_argument(parser, example="pretrain:train.max_steps=10 (JOB:KEY=VALUE)", metavar="JOB:KEY=VALUE")
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",

@@ -11,14 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default="tiny/medprompt", help="a shipped recipe or a YAML file (default: tiny/medprompt)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set engine.model=runs/sft/hf/final (repeatable)",
-    )
+    from clinray.jobs import add_set_argument
+
+    add_set_argument(parser, example="engine.model=runs/pretrain/run/hf/final")
     parser.add_argument("--question", help="the question stem")
     parser.add_argument("--option", action="append", default=[], help="an option (repeat, in order)")
     parser.add_argument("--questions", help="MedQA-layout JSONL of questions to answer instead")

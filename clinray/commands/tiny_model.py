@@ -11,14 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", required=True, help="file or folder of text to train the tokenizer on")
     parser.add_argument("--out", required=True, help="output folder (Hugging Face layout)")
     parser.add_argument("--arch", choices=["mistral", "mixtral"], default="mistral")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a TinyModelConfig field, e.g. --set hidden_size=64",
-    )
+    from clinray.jobs import add_set_argument
+
+    add_set_argument(parser, example="hidden_size=64 (a TinyModelConfig field)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(kw_only=True, slots=True)
 class PackConfig:
-    """Root config of ``clinray pack`` (configs/*/pack.yaml)."""
+    """Root config of ``clinray pack`` (recipes ``tiny/pack``, ``paper/pack``)."""
 
     input_dir: str = "runs/curate/docs"
     """Curated documents (Parquet with ``id``, ``text``, ``domain``, ``source``; hive folders allowed)."""

@@ -61,7 +61,7 @@ class OutputConfig:
 
 @dataclasses.dataclass(kw_only=True, slots=True)
 class CurateConfig:
-    """Root config of ``clinray curate`` (configs/*/curate.yaml)."""
+    """Root config of ``clinray curate`` (recipes ``tiny/curate``, ``paper/curate``)."""
 
     input_root: str = "."
     """Folder the input globs are relative to (e.g. a tiny world's ``corpus/``)."""

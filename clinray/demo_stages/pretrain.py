@@ -1,7 +1,7 @@
 """Demo stage: continued pretraining of the tiny Mistral on the packed tiny world (2 workers, FSDP2/gloo).
 
 Uses the ``tiny/pretrain`` recipe: a token budget sized to about 150 s of training on 2 cores (what the
-later fine-tuning needs, ARCHITECTURE.md), with ``max_time_s`` as a safety cap.
+later fine-tuning needs, docs/tiny_world.md), with ``max_time_s`` as a safety cap.
 """
 
 from __future__ import annotations

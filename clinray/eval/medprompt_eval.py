@@ -34,7 +34,7 @@ from clinray.serve.setup import MedpromptRunConfig
 
 @dataclasses.dataclass(kw_only=True, slots=True)
 class MedpromptEvalConfig:
-    """``clinray eval --medprompt``: strategies x one question set, with one engine."""
+    """``clinray medprompt-eval``: strategies x one question set, with one engine."""
 
     setup: MedpromptRunConfig = dataclasses.field(default_factory=MedpromptRunConfig)
     """Engine, strategy settings, embedder and example store (as for ``clinray medprompt``)."""

@@ -1,7 +1,7 @@
 """Wire a Medprompt setup from one config: engine, embedder, Milvus store, retriever, static pool.
 
 ``clinray medprompt``, the demo stage and the serving layer all need the same four objects; this module
-builds them from :class:`MedpromptRunConfig` (``configs/tiny/medprompt.yaml``) so that each caller stays a
+builds them from :class:`MedpromptRunConfig` (the ``tiny/medprompt`` recipe) so that each caller stays a
 few lines. The store is opened read-only in spirit (no writes), but Milvus Lite still allows one process
 per file, which is why a served retriever runs as a single replica.
 """

@@ -6,7 +6,7 @@ but meaningless, which is exactly what makes "pretraining on the corpus helps" m
 Names are unique and no name is a substring of another, so a plain substring search counts statements.
 
 Facts are stated through several paraphrase templates (:data:`RELATION_TEMPLATES`); learnability at toy
-scale depends on that variety (see ARCHITECTURE.md, "The tiny world").
+scale depends on that variety (see docs/tiny_world.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One root :class:`PretrainConfig` composes the sections a run needs: the model to load, the token
 blocks to read, the optimizer and schedule, the batch and budget, FSDP2, Ray Train scaling and the run
 (storage, failures, checkpoints). Every number of the paper's Table 1 is a field here, so the recipes in
-``configs/paper/`` are plain YAML. The trade-off: the config is strict and verbose, in exchange for no
+``clinray/configs/paper/`` are plain YAML. The trade-off: the config is strict and verbose, in exchange for no
 silent typo in an 80-GPU run.
 """
 
@@ -63,7 +63,7 @@ class DataSection:
 
 @dataclasses.dataclass(kw_only=True, slots=True)
 class OptimSection:
-    """AdamW and the warm-up + cosine schedule (RECIPE.md, Table 1)."""
+    """AdamW and the warm-up + cosine schedule (the paper's Table 1)."""
 
     max_lr: float = 7e-6
     """Peak learning rate (Table 1: 7e-6 for both Mistral-7B and Mixtral-8x7B pretraining)."""
@@ -193,7 +193,7 @@ class RunSection:
 
 @dataclasses.dataclass(kw_only=True, slots=True)
 class PretrainConfig:
-    """Root config of ``clinray pretrain`` (``configs/tiny/pretrain.yaml``, ``configs/paper/*_pretrain.yaml``)."""
+    """Root config of ``clinray pretrain`` (recipes ``tiny/pretrain``, ``paper/*_pretrain``)."""
 
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     """Model folder and how to build it."""

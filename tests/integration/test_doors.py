@@ -58,27 +58,24 @@ def test_three_doors_agree(stage, ctx):
 
 
 @pytest.mark.slow
-def test_not_ok_is_exit_1_at_every_door(ctx):
-    """A run whose result is not ok (here: too few tokens for one block) is 1 everywhere, not a crash."""
-    from clinray.demo_stages import pack
-
-    bad = {**ctx.overrides, "pack": ["seq_len=100000"]}
-    here = DemoContext(run_dir=ctx.run_dir / "bad", artifacts=dict(ctx.artifacts), overrides=bad)
-    with pytest.raises(StageFailed, match="no token block") as info:
-        pack.run(here)
-    assert exit_code(info.value) == 1
-    codes = _doors("pack", pack.RECIPE, [*pack.overrides(here), "seq_len=100000"])
-    assert codes == {"cli": 1, "ray_jobs": 1}
-
-
-def test_user_error_is_exit_2_at_every_door(ctx, capsys):
-    from clinray.demo_stages import curate
-
-    bad = {**ctx.overrides, "curate": ["length.min_word=3"]}
-    here = DemoContext(run_dir=ctx.run_dir / "typo", artifacts=dict(ctx.artifacts), overrides=bad)
-    with pytest.raises(ValueError, match="min_word") as info:
-        curate.run(here)
-    assert exit_code(info.value) == 2
-    codes = _doors("curate", curate.RECIPE, [*curate.overrides(here), "length.min_word=3"])
-    assert codes == {"cli": 2, "ray_jobs": 2}
-    assert "did you mean 'min_words'" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("stage", "job", "bad", "error", "code"),
+    [
+        # a result that is not ok (too few tokens for one block): 1 everywhere, not a crash
+        ("pack", "pack", "seq_len=100000", "no token block", 1),
+        # a user mistake: 2 everywhere, with the "did you mean"
+        ("curate", "curate", "length.min_word=3", "did you mean 'min_words'", 2),
+    ],
+)
+def test_failures_give_the_same_exit_code_at_every_door(stage, job, bad, error, code, ctx, capsys):
+    module = importlib.import_module(f"clinray.demo_stages.{stage}")
+    overrides = {**ctx.overrides, job: [bad]}
+    here = DemoContext(
+        run_dir=ctx.run_dir / f"bad_{stage}", artifacts=dict(ctx.artifacts), overrides=overrides
+    )
+    with pytest.raises((StageFailed, ValueError), match=error) as info:
+        module.run(here)
+    assert exit_code(info.value) == code
+    assert _doors(job, module.RECIPE, [*module.overrides(here), bad]) == {"cli": code, "ray_jobs": code}
+    if code == 2:
+        assert error in capsys.readouterr().err
