@@ -4,6 +4,8 @@ A scaled tiny world supplies documents with planted repeated passages (100 to 50
 many documents; the manifest names each passage's first document). Its plain-text and JSONL documents,
 normalized and sorted by id, form one shard; the two passes of :func:`remove_repeats` run in this
 process, timed, with peak memory from ``tracemalloc`` (numpy and pydivsufsort's arrays are traced).
+After the timed passes, the changed documents are checked for seam fragments (output words that are no
+word of the input: removal cuts on word boundaries, so the count should be 0).
 No peer: Lee et al.'s Rust tool (which datatrove's ES stages also need) is not installable offline;
 the figures are absolute, with the memory model of ``clinray/data/dedup_substring.py`` to check.
 """
@@ -48,6 +50,15 @@ def planted_share(manifest: dict, before: dict[str, str], after: dict[str, str])
     }
 
 
+def seam_fragments(before: dict[str, str], after: dict[str, str]) -> dict:
+    """Words of the changed documents that are no word of their input (a cut inside a word): want 0."""
+    from clinray.data.text import word_tokens
+
+    changed = [d for d in before if after[d] != before[d]]
+    fragments = sum(len(set(word_tokens(after[d])) - set(word_tokens(before[d]))) for d in changed)
+    return {"num_docs_changed": len(changed), "num_seam_fragments": fragments}
+
+
 def main() -> None:
     args = common.parser(__doc__.splitlines()[0]).parse_args()
     from clinray.data.dedup_substring import remove_repeats
@@ -78,6 +89,7 @@ def main() -> None:
             "docs_modified": int(sum(1 for r in removed if r)),
         }
     share = planted_share(manifest, docs, dict(zip(ids, texts)))
+    share.update(seam_fragments(docs, dict(zip(ids, texts))))
     common.write_result(
         "dedup_substring",
         {

@@ -16,28 +16,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser, example="engine.model=runs/pretrain/run/hf/final")
     parser.add_argument("--question", help="the question stem")
     parser.add_argument("--option", action="append", default=[], help="an option (repeat, in order)")
-    parser.add_argument("--questions", help="MedQA-layout JSONL of questions to answer instead")
+    parser.add_argument(
+        "--questions",
+        help="a question file to answer instead, in any native layout (MedQA JSONL, MedMCQA, MMLU CSV, "
+        "PubMedQA JSON); answers are optional",
+    )
+    parser.add_argument("--benchmark", help="the benchmark whose layout --questions has (default: detected)")
+    parser.add_argument("--cop-base", default="auto", help="MedMCQA cop base: auto, 0 or 1 (default: auto)")
     parser.add_argument("--limit", type=int, default=10, help="answer at most this many from --questions")
     parser.add_argument("--out", help="write answers with every run's prompt and completion to this JSONL")
 
 
 def _items(args: argparse.Namespace) -> list[dict]:
-    import json
-    from pathlib import Path
+    """Questions to answer: ``{id, question, options, gold}`` (``gold`` None when unlabelled)."""
+    import sys
 
-    from clinray.retrieval.build_index import options_and_answer
+    from clinray.qa import read_questions
 
     if args.questions:
-        items = []
-        for line in Path(args.questions).read_text(encoding="utf-8").splitlines()[: args.limit]:
-            rec = json.loads(line)
-            options, answer = options_and_answer(rec)
-            items.append(
-                {"id": rec.get("id"), "question": rec["question"], "options": options, "gold": answer}
+        questions = read_questions(args.questions, benchmark=args.benchmark, cop_base=args.cop_base)
+        for line in questions.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        if questions.skipped:
+            print(
+                f"warning: skipped {len(questions.skipped)} rows of {questions.source}: "
+                f"{questions.describe_skipped()}",
+                file=sys.stderr,
             )
-        return items
+        chosen = questions.questions[: args.limit]
+        return [
+            {"id": q.id, "question": q.text, "options": list(q.options), "gold": q.answer_index}
+            for q in chosen
+        ]
     if not args.question or len(args.option) < 2:
-        raise ValueError("give --question and at least two --option, or --questions FILE.jsonl")
+        raise ValueError("give --question and at least two --option, or --questions FILE")
     return [{"id": None, "question": args.question, "options": args.option, "gold": None}]
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from clinray.data.dedup_minhash_graph import (  # noqa: F401  (re-exported)
     edges_from_partition,
     shuffle_to_edges,
 )
-from clinray.data.stage import DETAIL, REASON, Accountant, batch_key, table_rows
+from clinray.data.stage import DETAIL, REASON, GlobalStage, resolve  # noqa: F401  (resolve re-exported)
 from clinray.data.text import shingles
 
 logger = logging.getLogger(__name__)
@@ -153,23 +152,6 @@ class MinHashConfig:
 def _source_rank(priority: list[str]):
     order = {s: i for i, s in enumerate(priority)}
     return lambda s: order.get(s, len(priority))
-
-
-_RESOLVED: dict = {}
-
-
-def resolve(ref):
-    """``ray.get`` an object passed by reference to a Ray Data UDF, once per worker process."""
-    import ray
-
-    if not isinstance(ref, ray.ObjectRef):
-        return ref
-    key = ref.hex()
-    if key not in _RESOLVED:
-        if len(_RESOLVED) > 4:
-            _RESOLVED.clear()
-        _RESOLVED[key] = ray.get(ref)
-    return _RESOLVED[key]
 
 
 class Signer:
@@ -287,30 +269,6 @@ def filter_edges(edges: pd.DataFrame, table: dict, *, threshold: float) -> pd.Da
     return edges.assign(jaccard=sims)[sims >= threshold].reset_index(drop=True)
 
 
-class MarkNearDuplicates:
-    """``map_batches`` UDF: mark the non-kept members of each cluster, then split and count (stage accounting)."""
-
-    name = STAGE
-
-    def __init__(self, removed_ref, sizes_ref, *, sink_root: str):
-        self.removed_ref, self.sizes_ref = removed_ref, sizes_ref
-        self.accountant = Accountant(self.name, sink_root=sink_root)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.time()
-        removed, sizes = resolve(self.removed_ref), resolve(self.sizes_ref)
-        rows = table_rows(batch)
-        extra: Counter = Counter()
-        for row in rows:
-            doc_id = row.get("id")
-            if doc_id in removed:
-                row[REASON], row[DETAIL] = "near_duplicate", f"cluster kept {removed[doc_id]}"
-            elif doc_id in sizes:
-                extra["num_clusters"] += 1
-                extra[f"cluster_size_{sizes[doc_id]}"] += 1
-        return self.accountant.account(rows, key=batch_key(rows), start=start, extra=dict(extra))
-
-
 def find_clusters(ds, cfg: MinHashConfig) -> tuple[pd.DataFrame, dict]:
     """Signatures -> bucket shuffle -> (verified) edges -> clusters; returns (clusters, stats)."""
     cfg.warn_if_off_threshold()
@@ -339,37 +297,57 @@ def find_clusters(ds, cfg: MinHashConfig) -> tuple[pd.DataFrame, dict]:
     return clusters, summary
 
 
+class MinHashStage(GlobalStage):
+    """The ``minhash`` stage: the analysis finds the clusters, marking drops every member but one.
+
+    Counters: ``num_clusters`` and ``cluster_size_<k>`` (counted on each cluster's kept document).
+    """
+
+    name = STAGE
+    requires = ("id", "text", "source")
+
+    def __init__(self, cfg: MinHashConfig, *, sink_root: str, clusters_dir: str | Path | None = None):
+        super().__init__(sink_root=sink_root)
+        self.cfg = cfg
+        self.clusters_dir = Path(clusters_dir) if clusters_dir is not None else Path(sink_root) / "details"
+
+    def analyze(self, ds) -> tuple[dict[str, str], dict[str, int]]:
+        """Signatures, bucket shuffle, verified edges, clusters; writes them and a summary JSON.
+
+        Returns ``(removed: doc id -> kept id, sizes: kept id -> cluster size)``.
+        """
+        clusters, summary = find_clusters(ds, self.cfg)
+        write_clusters(clusters, self.clusters_dir)
+        (self.clusters_dir / "minhash_summary.json").write_text(json.dumps(summary, indent=2))
+        ids, kept = clusters["doc_id"], clusters["kept"]
+        removed = {d: c for d, c, k in zip(ids, clusters["cluster_id"], kept) if not k}
+        sizes = {d: int(n) for d, n, k in zip(ids, clusters["cluster_size"], kept) if k}
+        return removed, sizes
+
+    def mark(self, rows: list[dict], analysis, *, step: int, counters: Counter) -> list[dict]:
+        removed, sizes = analysis
+        for row in rows:
+            doc_id = row.get("id")
+            if doc_id in removed:
+                row[REASON], row[DETAIL] = "near_duplicate", f"cluster kept {removed[doc_id]}"
+            elif doc_id in sizes:
+                counters["num_clusters"] += 1
+                counters[f"cluster_size_{sizes[doc_id]}"] += 1
+        return rows
+
+
 def minhash_dedup(
     ds, cfg: MinHashConfig | None = None, *, sink_root: str, clusters_dir: str | Path | None = None
 ):
     """The ``minhash`` stage on a working-schema Ray Dataset.
 
-    Runs the signature, bucket and cluster passes now (they must finish before any row can be marked),
-    writes the clusters (``clusters_dir``, default ``<sink_root>/details``) and a summary JSON, and
-    returns the lazy, marked-and-accounted dataset.
+    Materializes the input (a barrier: clusters need every document, and the passes must read one
+    execution of the upstream stages), runs the signature, bucket and cluster passes now, writes the
+    clusters (``clusters_dir``, default ``<sink_root>/details``) and a summary JSON, and returns the
+    lazy, marked-and-accounted dataset.
     """
-    import ray
-
-    cfg = cfg or MinHashConfig()
-    # A barrier: clusters need every document, and the three passes below must read one execution of
-    # the upstream stages (re-running them would redo their work); spills to disk when large. Nothing
-    # may look at the lazy dataset before it: even ds.columns() executes the upstream plan.
-    ds = ds.materialize()
-    missing = {"id", "text", "source"} - set(ds.columns())
-    if missing:
-        raise ValueError(
-            f"minhash dedup needs document columns {sorted(missing)} (see clinray/data/schema.py)"
-        )
-    clusters, summary = find_clusters(ds, cfg)
-    removed = {d: c for d, c, k in zip(clusters["doc_id"], clusters["cluster_id"], clusters["kept"]) if not k}
-    sizes = {
-        d: int(n) for d, n, k in zip(clusters["doc_id"], clusters["cluster_size"], clusters["kept"]) if k
-    }
-    details = Path(clusters_dir) if clusters_dir is not None else Path(sink_root) / "details"
-    write_clusters(clusters, details)
-    (details / "minhash_summary.json").write_text(json.dumps(summary, indent=2))
-    udf = MarkNearDuplicates(ray.put(removed), ray.put(sizes), sink_root=str(sink_root))
-    return ds.map_batches(udf, batch_format="pyarrow", zero_copy_batch=False)
+    stage = MinHashStage(cfg or MinHashConfig(), sink_root=str(sink_root), clusters_dir=clusters_dir)
+    return stage.apply(ds)
 
 
 def write_clusters(clusters: pd.DataFrame, out_dir: str | Path) -> Path:

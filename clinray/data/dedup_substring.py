@@ -7,8 +7,16 @@ array and the LCP array (Kasai). A run of adjacent suffixes whose LCP is at leas
 of one repeated string of at least ``L`` bytes; every member of a run other than the smallest position
 (the document whose id sorts first) is a repeat, and marking ``[pos, pos + L)`` for each such member
 covers exactly the bytes of every later copy (every shift of a long match is itself in a run). The
-whole computation is vectorized numpy, O(n) after the suffix array. Marked spans are snapped to UTF-8
-character boundaries (a character is removed only if all its bytes are marked) before removal.
+whole computation is vectorized numpy, O(n) after the suffix array.
+
+Removal works on whole words. Each maximal marked span is shrunk inward so that it cuts no word: an
+edge that falls inside a word (``\\w`` characters; every non-ASCII byte counts as a word byte, so a
+cut is always next to an ASCII space or punctuation byte and never splits a UTF-8 character) moves to
+that word's boundary, inside the span; spaces and punctuation at the edges go with the span. A span
+left shorter than ``L`` is kept whole. The seam is one space, or one newline when the removed text held
+one, and the text is normalized again. The shrink is a few vectorized passes over the marked bytes
+(precomputed non-word positions, ``searchsorted`` per edge): O(1) per span after them. The price: a
+repeat inside one long "word" (a URL, unspaced CJK text) is not removed.
 
 Sharding (corpora larger than memory): the id-sorted dataset is cut into contiguous shards of at most
 ``shard_bytes`` of text, one Ray task each. Peak memory is about ``MEMORY_BYTES_PER_INPUT_BYTE`` times
@@ -22,20 +30,23 @@ whose cost shrinks as shards grow (the same passage is usually repeated within a
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
 
-from clinray.data.stage import DETAIL, REASON, Accountant, batch_key, rows_to_table, table_rows, text_bytes
+from clinray.data.stage import DETAIL, REASON, GlobalStage
 from clinray.data.text import normalize_text, word_tokens
 
 SEPARATOR = 0xFF
 #: Rough peak bytes of working memory per byte of shard text (see the module docstring).
 MEMORY_BYTES_PER_INPUT_BYTE = 16
+#: Bytes that belong to a word: ASCII letters, digits and ``_`` (as ``\w``), and every non-ASCII byte.
+WORD_BYTE = np.zeros(256, dtype=bool)
+WORD_BYTE[[ord(c) for c in "0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"]] = True
+WORD_BYTE[0x80:SEPARATOR] = True
+NEWLINE = 0x0A
 
 
 @dataclass(kw_only=True, slots=True)
@@ -74,7 +85,8 @@ def concat_docs(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def repeat_mask(data: np.ndarray, *, min_len: int, keep_first: bool = True) -> np.ndarray:
     """Boolean mask of the bytes of ``data`` inside a repeated span of at least ``min_len`` bytes.
 
-    With ``keep_first`` the earliest occurrence of each repeated string is left unmarked.
+    With ``keep_first`` the earliest occurrence of each repeated string is left unmarked. The mask is
+    exact (byte level); :func:`word_spans` turns it into the spans that are removed.
     """
     from pydivsufsort import divsufsort, kasai
 
@@ -107,116 +119,128 @@ def repeat_mask(data: np.ndarray, *, min_len: int, keep_first: bool = True) -> n
     diff = np.zeros(n + 1, dtype=np.int32)
     diff[marked] += 1  # suffix positions are unique, so plain fancy indexing adds once per position
     diff[marked + min_len] -= 1
-    cover = np.cumsum(diff[:n], dtype=np.int32) > 0
-    return snap_to_characters(data, cover)
+    return np.cumsum(diff[:n], dtype=np.int32) > 0
 
 
-def snap_to_characters(data: np.ndarray, cover: np.ndarray) -> np.ndarray:
-    """Shrink a byte mask so it covers only whole UTF-8 characters (never half of a multi-byte one).
+def word_spans(data: np.ndarray, cover: np.ndarray, *, min_len: int) -> tuple[np.ndarray, ...]:
+    """The maximal runs of ``cover`` shrunk inward to whole words, those still ``min_len`` bytes long.
 
-    Works on the runs of the mask only: a run starting on a continuation byte starts at the next
-    character instead, and one ending inside a character ends before it.
+    Returns ``(starts, ends, has_newline)``: half-open byte spans of ``data`` in increasing order and
+    whether each removed span holds a newline. An edge inside a word (word bytes on both sides of it)
+    moves inward to that word's boundary; any other edge stays.
     """
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], cover, [False]]).astype(np.int8)))
+    edges = np.flatnonzero(np.diff(cover.view(np.int8), prepend=0, append=0))
     starts, ends = edges[::2], edges[1::2]
     if starts.size == 0:
-        return cover
-    cont = (data & 0xC0) == 0x80
-    cover = cover.copy()
-    for s, e in zip(starts[cont[starts]], ends[cont[starts]]):  # rare: only runs that start mid-character
-        k = s
-        while k < e and cont[k]:
-            k += 1
-        cover[s:k] = False
-    inside = ends < len(data)
-    for e in ends[inside][cont[ends[inside]]]:  # the character straddling the run's end stays whole
-        k = e - 1
-        while k >= 0 and cover[k] and cont[k]:
-            cover[k] = False
-            k -= 1
-        if k >= 0 and cover[k]:
-            cover[k] = False  # the lead byte of the straddling character
-    return cover
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=bool)
+    inside = np.flatnonzero(cover)
+    covered = data[inside]
+    breaks = inside[~WORD_BYTE[covered]]  # non-word bytes inside the runs, in order
+    newlines = inside[covered == NEWLINE]
+    n = len(data)
+    word = WORD_BYTE[data[np.concatenate([starts - 1, starts, ends - 1, np.minimum(ends, n - 1)])]]
+    k = starts.size
+    cut_start = (starts > 0) & word[:k] & word[k : 2 * k]
+    cut_end = (ends < n) & word[2 * k : 3 * k] & word[3 * k :]
+    # start inside a word: the span starts at the first non-word byte after it (none: nothing left)
+    first = np.searchsorted(breaks, starts)
+    after = np.append(breaks, n)[first]
+    starts = np.where(cut_start, np.minimum(after, ends), starts)
+    # end inside a word: the span ends after the last non-word byte before it
+    last = np.searchsorted(breaks, ends) - 1
+    before = np.where(last >= 0, np.append(breaks, -1)[last] + 1, 0)
+    ends = np.where(cut_end, np.maximum(before, starts), ends)
+    keep = ends - starts >= min_len
+    starts, ends = starts[keep], ends[keep]
+    has_newline = np.searchsorted(newlines, ends) > np.searchsorted(newlines, starts)
+    return starts, ends, has_newline
 
 
 def remove_repeats(texts: list[str], *, min_len: int, keep_first: bool = True) -> tuple[list[str], list[int]]:
-    """Texts with repeated spans removed (normalized again where changed) and the bytes removed from each."""
+    """Texts with repeated spans removed on word boundaries, and the bytes removed from each.
+
+    A changed text is normalized again; its count is the true difference of UTF-8 bytes.
+    """
     if not texts:
         return [], []
-    data, starts = concat_docs(texts)
+    data, doc_starts = concat_docs(texts)
     cover = repeat_mask(data, min_len=min_len, keep_first=keep_first)
-    out, removed = [], []
-    ends = np.append(starts[1:] - 1, len(data))
-    for text, s, e in zip(texts, starts, ends):
-        mask = cover[s:e]
-        num = int(mask.sum())
-        removed.append(num)
-        if num == 0:
-            out.append(text)
-        else:
-            out.append(_cut(data[s:e], mask))
+    starts, ends, has_newline = word_spans(data, cover, min_len=min_len)
+    del cover
+    out, removed = list(texts), [0] * len(texts)
+    if starts.size == 0:
+        return out, removed
+    doc_of = np.searchsorted(doc_starts, starts, side="right") - 1
+    doc_ends = np.append(doc_starts[1:] - 1, len(data))
+    view = memoryview(data)
+    bounds = np.flatnonzero(np.diff(doc_of, prepend=-1, append=len(texts)))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        d = int(doc_of[lo])
+        pieces, prev = [], int(doc_starts[d])
+        for s, e, nl in zip(starts[lo:hi].tolist(), ends[lo:hi].tolist(), has_newline[lo:hi].tolist()):
+            pieces += [view[prev:s], b"\n" if nl else b" "]
+            prev = e
+        pieces.append(view[prev : int(doc_ends[d])])
+        text = normalize_text(b"".join(pieces).decode("utf-8", "surrogatepass"))
+        out[d] = text
+        removed[d] = int(doc_ends[d] - doc_starts[d]) - len(text.encode("utf-8", "surrogatepass"))
     return out, removed
-
-
-def _cut(doc: np.ndarray, mask: np.ndarray) -> str:
-    """Remove the masked bytes of one document, leaving one space where each removed run was."""
-    doc, keep = doc.copy(), ~mask
-    run_starts = np.flatnonzero(mask & np.concatenate([[True], ~mask[:-1]]))
-    doc[run_starts] = 0x20  # so words on both sides of a removed span do not merge
-    keep[run_starts] = True
-    return normalize_text(doc[keep].tobytes().decode("utf-8", "surrogatepass"))
-
-
-class SubstringShard:
-    """``map_batches`` UDF over one id-sorted shard (``batch_size=None``): every pass, each accounted."""
-
-    def __init__(self, cfg: SubstringConfig, *, sink_root: str):
-        self.cfg = cfg
-        self.accountants = [Accountant(stage_name(t), sink_root=sink_root) for t in cfg.thresholds]
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = sorted(table_rows(batch), key=lambda r: r["id"])
-        for min_len, accountant in zip(self.cfg.thresholds, self.accountants):
-            start = time.time()
-            key = batch_key(rows)
-            num_bytes_in = sum(text_bytes(r.get("text")) for r in rows)
-            texts, removed = remove_repeats(
-                [r["text"] for r in rows], min_len=min_len, keep_first=self.cfg.mode == "keep_first"
-            )
-            extra = Counter()
-            for row, text, num in zip(rows, texts, removed):
-                if num:
-                    extra["num_docs_modified"] += 1
-                    extra["num_bytes_removed"] += num
-                    row["text"] = text
-                    if len(word_tokens(text)) < self.cfg.min_words_after:
-                        row[REASON], row[DETAIL] = "substring_emptied", f"{num} repeated bytes removed"
-            table = accountant.account(
-                rows, key=key, start=start, num_bytes_in=num_bytes_in, extra=dict(extra)
-            )
-            rows = table.to_pylist()
-        return rows_to_table(rows)
 
 
 def stage_name(min_len: int) -> str:
     return f"substring_{min_len}"
 
 
+class SubstringStage(GlobalStage):
+    """The substring passes as a :class:`GlobalStage`: one marking pass per threshold, in one shard task.
+
+    A shard is the unit of the global view, so the analysis (suffix array) runs inside the shard's
+    task with the marking; the driver-side analysis only plans the shards.
+    """
+
+    name = "substring"
+    requires = ("id", "text")
+
+    def __init__(self, cfg: SubstringConfig, *, sink_root: str):
+        super().__init__(sink_root=sink_root)
+        self.cfg = cfg
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(stage_name(t) for t in self.cfg.thresholds)
+
+    def analyze(self, ds) -> int:
+        """The number of shards (at most ``shard_bytes`` of text each)."""
+        return max(1, math.ceil(ds.size_bytes() / self.cfg.shard_bytes))
+
+    def partition(self, ds, analysis: int):
+        # One shard needs no global sort (mark sorts its rows); several need contiguous id ranges.
+        if analysis == 1:
+            return ds.repartition(1)
+        return ds.sort("id").materialize().repartition(analysis)
+
+    def mark(self, rows: list[dict], analysis: int, *, step: int, counters: Counter) -> list[dict]:
+        rows.sort(key=lambda r: r["id"])
+        texts, removed = remove_repeats(
+            [r["text"] for r in rows],
+            min_len=self.cfg.thresholds[step],
+            keep_first=self.cfg.mode == "keep_first",
+        )
+        for row, text, num in zip(rows, texts, removed):
+            if text == row["text"]:
+                continue
+            counters["num_docs_modified"] += 1
+            counters["num_bytes_removed"] += num
+            row["text"] = text
+            if len(word_tokens(text)) < self.cfg.min_words_after:
+                row[REASON], row[DETAIL] = "substring_emptied", f"{num} repeated bytes removed"
+        return rows
+
+
 def substring_dedup(ds, cfg: SubstringConfig | None = None, *, sink_root: str):
     """The substring passes on a working-schema dataset: sort by id, shard, suffix-array each shard.
 
-    The sort materializes the dataset (an all-to-all step); the passes themselves are lazy.
+    The input is materialized (every pass needs the whole shard); the passes themselves are lazy.
     """
-    cfg = cfg or SubstringConfig()
-    ds = ds.materialize()
-    if not {"id", "text"} <= set(ds.columns()):
-        raise ValueError("substring dedup needs the document columns 'id' and 'text'")
-    num_shards = max(1, math.ceil(ds.size_bytes() / cfg.shard_bytes))
-    # One shard needs no global sort (the shard task sorts its rows); several need contiguous id ranges.
-    shards = ds.repartition(1) if num_shards == 1 else ds.sort("id").materialize().repartition(num_shards)
-    return shards.map_batches(
-        SubstringShard(cfg, sink_root=str(sink_root)),
-        batch_size=None,
-        batch_format="pyarrow",
-        zero_copy_batch=False,
-    )
+    return SubstringStage(cfg or SubstringConfig(), sink_root=str(sink_root)).apply(ds)

@@ -1,9 +1,10 @@
 """The curation pipeline: ``CurateConfig`` and ``run_curation(cfg)`` -> kept docs, rejects, report.
 
-Ordered stages, each ``(name, fn)`` with ``fn(ds, ctx) -> ds`` on a lazy Ray Dataset in the working
-schema (see :mod:`clinray.data.stage`): ``parse`` (the readers) then ``normalize``, ``length_filter``,
-``pii_filter``, ``exact_dedup``, and the stages issue C appends in :func:`build_stages` (near-dup,
-substring dedup, decontamination), each with its own sub-config field in :class:`CurateConfig`.
+Ordered stages on a lazy Ray Dataset in the working schema (see :mod:`clinray.data.stage`): ``parse``
+(the readers), then the stages :func:`build_stages` builds: the row stages ``normalize``,
+``length_filter``, ``pii_filter``; ``exact_dedup`` (a hash shuffle); and the global stages ``minhash``,
+``substring_<L>`` (one accounting name per pass) and ``decontaminate``, each with its own sub-config
+field in :class:`CurateConfig`. Every stage declares the columns it reads, checked when it is built.
 Nothing runs until the final ``write_parquet``: the whole chain streams through Ray Data once, and
 stage counts come from the per-batch accounting files the workers write, summed at the end, so the
 driver never holds the dataset. Stages that need a global view (dedup) shuffle inside Ray Data.
@@ -13,29 +14,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
+from typing import ClassVar
 
 from clinray.config import dump
-from clinray.data.decontaminate import DecontamConfig, decontaminate
+from clinray.data.decontaminate import DecontamConfig, DecontaminateStage
 from clinray.data.dedup_exact import ExactDedupConfig, exact_dedup
-from clinray.data.dedup_minhash import MinHashConfig, minhash_dedup
-from clinray.data.dedup_substring import SubstringConfig, stage_name, substring_dedup
+from clinray.data.dedup_minhash import MinHashConfig, MinHashStage
+from clinray.data.dedup_substring import SubstringConfig, SubstringStage
 from clinray.data.filters import LengthFilter, LengthFilterConfig, PIIFilter, PIIFilterConfig
 from clinray.data.normalize import Normalize, NormalizeConfig
 from clinray.data.readers import InputSpec, ReadersConfig, read_documents
 from clinray.data.stage import (
     DETAIL,
     REASON,
+    WORK_SCHEMA,
+    GlobalStage,
     RowStage,
     RowStageChain,
     StageStats,
     collect_stats,
+    missing_columns,
     shared_operator_resources,
 )
 from clinray.results import StageResult, missing_dir, missing_glob
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -77,14 +85,12 @@ class CurateConfig:
     """PII filter (drop or redact)."""
     exact_dedup: ExactDedupConfig = dataclasses.field(default_factory=ExactDedupConfig)
     """Exact document dedup."""
-    # --- issue C stages (near-dup, substring dedup, decontamination) ---
     minhash: MinHashConfig = dataclasses.field(default_factory=MinHashConfig)
     """MinHash LSH near-duplicate removal."""
     substring: SubstringConfig = dataclasses.field(default_factory=SubstringConfig)
     """Exact-substring dedup (suffix array), one pass per threshold."""
     decontaminate: DecontamConfig = dataclasses.field(default_factory=DecontamConfig)
     """Decontamination against evaluation test sets (needs ``decontaminate.questions_root``)."""
-    # --- end issue C ---
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     """Outputs."""
 
@@ -110,107 +116,80 @@ class CurateConfig:
         return problems
 
 
-@dataclasses.dataclass(kw_only=True)
-class PipelineContext:
-    """What every stage function gets besides the dataset."""
+@dataclasses.dataclass(frozen=True)
+class ExactDedupStage:
+    """Exact dedup as a plan entry: a hash shuffle, then per-block marking (``clinray/data/dedup_exact.py``)."""
 
-    cfg: CurateConfig
-    out_dir: Path
+    cfg: ExactDedupConfig
     sink_root: str
-    """The accounting folder (``<out>/accounting``): give it to every Accountant / RowStage."""
+    name: ClassVar[str] = "exact_dedup"
+    names: ClassVar[tuple[str, ...]] = ("exact_dedup",)
+    requires: ClassVar[tuple[str, ...]] = ("id", "text", "source")
+
+    def apply(self, ds):
+        return exact_dedup(ds, self.cfg, sink_root=self.sink_root)
 
 
-StageFn = Callable[..., object]  # (ray.data.Dataset, PipelineContext) -> ray.data.Dataset
+Stage = RowStage | ExactDedupStage | GlobalStage
+"""A plan entry: row stages are chained into one UDF; the others' ``apply(ds)`` is called in order."""
 
 
-def _row_stage(cls, cfg_attr: str) -> StageFn:
-    """A stage function for a per-row stage; consecutive ones are chained into one UDF by
-    :func:`_apply_stages` (``apply.make`` builds the stage)."""
-
-    def make(ctx: PipelineContext) -> RowStage:
-        return cls(getattr(ctx.cfg, cfg_attr), sink_root=ctx.sink_root)
-
-    def apply(ds, ctx: PipelineContext):
-        return ds.map_batches(make(ctx), batch_size=None, batch_format="pyarrow", zero_copy_batch=False)
-
-    apply.make = make
-    return apply
+def accounting_dir(cfg: CurateConfig) -> str:
+    """The accounting folder every stage writes to (``<output.dir>/accounting``)."""
+    return str(Path(cfg.output.dir) / "accounting")
 
 
-def _apply_stages(ds, stages: list[tuple[str, StageFn]], ctx: PipelineContext):
-    """Apply the stage functions in order, running each run of consecutive row stages as one chain."""
+def build_stages(cfg: CurateConfig, *, columns: Iterable[str] = WORK_SCHEMA.names) -> list[Stage]:
+    """The stages after ``parse``, built, in order; disabled ones are left out.
+
+    Args:
+        cfg: The curation config.
+        columns: The columns the rows carry after ``parse`` (the working schema). Each stage's
+            ``requires`` is checked against them here: a missing column is a ``ValueError`` naming the
+            stage, before anything runs.
+    """
+    sink = accounting_dir(cfg)
+    stages: list[Stage] = [Normalize(cfg.normalize, sink_root=sink)]
+    if cfg.length.enabled:
+        stages.append(LengthFilter(cfg.length, sink_root=sink))
+    if cfg.pii.enabled:
+        stages.append(PIIFilter(cfg.pii, sink_root=sink))
+    if cfg.exact_dedup.enabled:
+        stages.append(ExactDedupStage(cfg.exact_dedup, sink))
+    if cfg.minhash.enabled:
+        stages.append(MinHashStage(cfg.minhash, sink_root=sink))
+    if cfg.substring.enabled:
+        stages.append(SubstringStage(cfg.substring, sink_root=sink))
+    if cfg.decontaminate.enabled and cfg.decontaminate.questions_root:
+        stages.append(DecontaminateStage(cfg.decontaminate, sink_root=sink))
+    elif cfg.decontaminate.enabled:
+        logger.warning("decontaminate.questions_root is not set: decontamination skipped")
+    columns = list(columns)
+    for stage in stages:
+        missing_columns(stage.requires, columns, stage=stage.names[0])
+    return stages
+
+
+def stage_names(stages: list[Stage]) -> list[str]:
+    """The accounting names of ``stages`` in pipeline order (a substring stage has one per pass)."""
+    return [name for stage in stages for name in stage.names]
+
+
+def _apply_stages(ds, stages: list[Stage]):
+    """Apply the stages in order, running each run of consecutive row stages as one chain."""
     chain: list[RowStage] = []
-    for _name, fn in [*stages, ("", None)]:
-        make = getattr(fn, "make", None)
-        if make is not None:
-            chain.append(make(ctx))
+    for stage in [*stages, None]:
+        if isinstance(stage, RowStage):
+            chain.append(stage)
             continue
         if chain:
             ds = ds.map_batches(
                 RowStageChain(chain), batch_size=None, batch_format="pyarrow", zero_copy_batch=False
             )
             chain = []
-        if fn is not None:
-            ds = fn(ds, ctx)
+        if stage is not None:
+            ds = stage.apply(ds)
     return ds
-
-
-def _exact_dedup(ds, ctx: PipelineContext):
-    return exact_dedup(ds, ctx.cfg.exact_dedup, sink_root=ctx.sink_root)
-
-
-def build_stages(cfg: CurateConfig) -> list[tuple[str, StageFn]]:
-    """The stages after ``parse``, in order; disabled ones are left out.
-
-    Each name is the stage name the stage's accounting writes under. Later stages (issue C: MinHash
-    near-dup, substring dedup, decontamination) are appended here, after ``exact_dedup``.
-    """
-    stages: list[tuple[str, StageFn]] = [("normalize", _row_stage(Normalize, "normalize"))]
-    if cfg.length.enabled:
-        stages.append(("length_filter", _row_stage(LengthFilter, "length")))
-    if cfg.pii.enabled:
-        stages.append(("pii_filter", _row_stage(PIIFilter, "pii")))
-    if cfg.exact_dedup.enabled:
-        stages.append(("exact_dedup", _exact_dedup))
-    stages += _issue_c_stages(cfg)
-    return stages
-
-
-# --- issue C stages -------------------------------------------------------------------------------------
-def _minhash(ds, ctx: PipelineContext):
-    return minhash_dedup(ds, ctx.cfg.minhash, sink_root=ctx.sink_root)
-
-
-def _substring(ds, ctx: PipelineContext):
-    return substring_dedup(ds, ctx.cfg.substring, sink_root=ctx.sink_root)
-
-
-def _decontaminate(ds, ctx: PipelineContext):
-    return decontaminate(ds, ctx.cfg.decontaminate, sink_root=ctx.sink_root)
-
-
-def _issue_c_stages(cfg: CurateConfig) -> list[tuple[str, StageFn]]:
-    """Near-dup, substring passes, decontamination. All substring passes run in one shard task (one sort),
-    so only the first pass's entry does work; the others are listed for their accounting names."""
-    import logging
-
-    stages: list[tuple[str, StageFn]] = []
-    if cfg.minhash.enabled:
-        stages.append(("minhash", _minhash))
-    if cfg.substring.enabled:
-        first, *rest = cfg.substring.thresholds
-        stages.append((stage_name(first), _substring))
-        stages += [(stage_name(t), lambda ds, ctx: ds) for t in rest]
-    if cfg.decontaminate.enabled and cfg.decontaminate.questions_root:
-        stages.append(("decontaminate", _decontaminate))
-    elif cfg.decontaminate.enabled:
-        logging.getLogger(__name__).warning(
-            "decontaminate.questions_root is not set: decontamination skipped"
-        )
-    return stages
-
-
-# --- end issue C stages ---------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -263,24 +242,35 @@ def _prepare_out_dir(cfg: CurateConfig) -> Path:
     return out
 
 
+def _ensure_rejects_dir(sink_root: str) -> None:
+    """The rejects folder the report names always exists: with no reject, one empty ``REJECT_SCHEMA`` file."""
+    import pyarrow.parquet as pq
+
+    from clinray.data.stage import REJECT_SCHEMA
+
+    rejects = Path(sink_root) / "rejects"
+    rejects.mkdir(parents=True, exist_ok=True)
+    if not any(rejects.glob("*.parquet")):
+        pq.write_table(REJECT_SCHEMA.empty_table(), rejects / "empty.parquet")
+
+
 def run_curation(cfg: CurateConfig) -> CurationResult:
     """Run the whole pipeline on the current Ray cluster (``ray.init`` first); return the outputs."""
     from clinray.data.report import check_identities, write_report
 
+    stages = build_stages(cfg)  # before the output folder is touched: a bad plan changes nothing
     out = _prepare_out_dir(cfg)
     config_path = dump(cfg, out / "config.yaml")
-    ctx = PipelineContext(cfg=cfg, out_dir=out, sink_root=str(out / "accounting"))
+    sink_root = accounting_dir(cfg)
     start = time.time()
-    stages = build_stages(cfg)
     docs_dir = out / "docs"
     # The row stages right after parsing (normalize, filters) run inside the parse tasks.
-    num_leading = next((i for i, (_, fn) in enumerate(stages) if not hasattr(fn, "make")), len(stages))
-    leading = [fn.make(ctx) for _, fn in stages[:num_leading]]
+    num_leading = next((i for i, s in enumerate(stages) if not isinstance(s, RowStage)), len(stages))
     with shared_operator_resources():
         ds = read_documents(
-            cfg.inputs, cfg.readers, root=cfg.input_root, sink_root=ctx.sink_root, then=leading
+            cfg.inputs, cfg.readers, root=cfg.input_root, sink_root=sink_root, then=stages[:num_leading]
         )
-        ds = _apply_stages(ds, stages[num_leading:], ctx)
+        ds = _apply_stages(ds, stages[num_leading:])
         ds = ds.drop_columns([REASON, DETAIL])
         # Without global stages and with parse tasks, the write fuses into the parse tasks, whose input
         # rows are file groups (see read_documents): a row minimum there would make Ray bundle all the
@@ -292,13 +282,14 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
             min_rows_per_file=None if fused else cfg.output.min_rows_per_file,
         )
     wall_s = time.time() - start
-    stats = collect_stats(ctx.sink_root, order=["parse", *[name for name, _ in stages]])
-    paths = write_report(stats, out_dir=out, wall_s=wall_s, sink_root=ctx.sink_root)
+    stats = collect_stats(sink_root, order=["parse", *stage_names(stages)])
+    _ensure_rejects_dir(sink_root)
+    paths = write_report(stats, out_dir=out, wall_s=wall_s, sink_root=sink_root)
     (out / "_SUCCESS").write_text(json.dumps({"wall_s": wall_s}))
     return CurationResult(
         out_dir=out,
         docs_dir=docs_dir,
-        rejects_dir=Path(ctx.sink_root) / "rejects",
+        rejects_dir=Path(sink_root) / "rejects",
         report_json=paths["json"],
         report_md=paths["md"],
         funnel_png=paths["png"],

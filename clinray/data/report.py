@@ -1,8 +1,10 @@
 """Curation report: ``report.json``, ``report.md`` and a PNG funnel chart from the stage accounting.
 
 The report is built only from the summed per-batch stats and the rejects files (never from the
-documents), so it costs nothing extra at any scale. It also checks the accounting identities and says
-so: rows in = kept + dropped for every stage, and each stage's rows in = the previous stage's rows out.
+documents), so it costs nothing extra at any scale; the rejects also give, per benchmark, the question
+ids that removed documents hit (flagged documents carry theirs in ``metadata.contamination``). It also
+checks the accounting identities and says so: rows in = kept + dropped for every stage, and each
+stage's rows in = the previous stage's rows out.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clinray.data.decontaminate import contamination_summary
 from clinray.data.stage import StageStats, read_rejects
 from clinray.plotting import pyplot, save_figure
+
+#: Question ids listed per benchmark in ``report.md`` (all of them are in ``report.json``).
+MAX_IDS_SHOWN = 10
 
 
 def check_identities(stats: dict[str, StageStats]) -> list[str]:
@@ -78,12 +84,25 @@ def _markdown(stats: dict[str, StageStats], *, wall_s: float, problems: list[str
     parse = stats.get("parse")
     if parse is not None and parse.extra:
         lines += ["", "Input files: " + ", ".join(f"{k} = {v:,}" for k, v in sorted(parse.extra.items()))]
-    # --- issue C: stage-specific counters (cluster sizes, bytes removed per substring pass, hits) ---
+    # stage-specific counters (cluster sizes, bytes removed per substring pass, hits, the index)
     detailed = [(n, s) for n, s in stats.items() if n != "parse" and s.extra]
     if detailed:
         lines += ["", "## Stage details", "", "| stage | counter | value |", "|---|---|---|"]
         lines += [f"| {n} | {k} | {v:,} |" for n, s in detailed for k, v in sorted(s.extra.items())]
-    # --- end issue C ---
+    if rejects_by.get("contamination"):
+        lines += [
+            "",
+            "## Contamination (documents removed, by benchmark)",
+            "",
+            "| benchmark | documents | question ids |",
+            "|---|---|---|",
+        ]
+        for bench, entry in rejects_by["contamination"].items():
+            ids = entry["question_ids"]
+            shown = ", ".join(ids[:MAX_IDS_SHOWN]) + (
+                f" (+{len(ids) - MAX_IDS_SHOWN})" if len(ids) > MAX_IDS_SHOWN else ""
+            )
+            lines.append(f"| {bench} | {entry['num_docs']:,} | {shown} |")
     lines += ["", "## Accounting check", ""]
     lines += [f"- VIOLATION: {p}" for p in problems] or [
         "Every stage balances: rows in = kept + dropped, and each stage receives what the previous one kept."
@@ -110,22 +129,24 @@ def write_report(stats: dict[str, StageStats], *, out_dir: str | Path, wall_s: f
     problems = check_identities(stats)
     rejects = read_rejects(sink_root)
     examples, seen = [], set()
-    for row in rejects.select(["stage", "reason", "input_file", "locator", "detail"]).to_pylist():
+    listed = rejects.select(["stage", "reason", "input_file", "locator", "detail"]).to_pylist()
+    for row in listed:
         if (row["stage"], row["reason"]) not in seen:
             seen.add((row["stage"], row["reason"]))
             examples.append(row)
+    contamination = contamination_summary(listed)
     report = {
         "wall_s": round(wall_s, 3),
         "stages": {name: s.to_dict() for name, s in stats.items()},
         "num_docs_out": list(stats.values())[-1].num_rows_out if stats else 0,
         "num_rejects": rejects.num_rows,
+        "contamination": contamination,
         "identities_hold": not problems,
         "problems": problems,
     }
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "funnel.png"}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["md"].write_text(
-        _markdown(stats, wall_s=wall_s, problems=problems, rejects_by={"examples": examples})
-    )
+    rejects_by = {"examples": examples, "contamination": contamination}
+    paths["md"].write_text(_markdown(stats, wall_s=wall_s, problems=problems, rejects_by=rejects_by))
     _funnel_png(stats, paths["png"])
     return paths

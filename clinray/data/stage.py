@@ -1,6 +1,6 @@
 """Stage accounting: every curation stage reports rows and bytes in, out, dropped by reason, and time.
 
-The contract every curation stage follows (readers, filters, dedup, and the stages issue C adds):
+The contract every curation stage follows (readers, row stages, exact dedup and the global stages):
 
 * Rows flow through Ray Data in the *working schema*: the document columns plus two marker columns,
   ``_reason`` (null = keep) and ``_detail``. A stage marks rows instead of deleting them.
@@ -8,6 +8,11 @@ The contract every curation stage follows (readers, filters, dedup, and the stag
   batch: marked rows go to the rejects sink (Parquet in ``REJECT_SCHEMA``), the rest continue, and one
   small JSON stats record per batch is written beside them.
 * The driver sums those per-batch files after the run (:func:`collect_stats`).
+* Every stage declares the columns it reads (``requires``); the pipeline checks them when it is built.
+
+Two stage types carry the contract so a stage writes only its own rule: :class:`RowStage` (one row at a
+time; :class:`Filter` for keep/drop) and :class:`GlobalStage` (MinHash, substring dedup,
+decontamination: an analysis that needs every document, or an index, before any row can be marked).
 
 The trade-off: stats are side files written by workers rather than Ray Data aggregations, so counting
 never materializes or re-reads the dataset, and a stage costs no extra pass. Task retries could
@@ -19,241 +24,31 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
-import hashlib
-import json
 import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from clinray.data.schema import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, REJECT_SCHEMA
-
-#: Marker columns of the working schema: a non-null ``_reason`` means "drop this row".
-REASON, DETAIL = "_reason", "_detail"
-WORK_SCHEMA = pa.schema(
-    [f.with_nullable(True) for f in DOCUMENT_SCHEMA]
-    + [pa.field(REASON, pa.string()), pa.field(DETAIL, pa.string())]
+from clinray.data.accounting import (  # noqa: F401  (re-exported: the accounting half of the contract)
+    DETAIL,
+    MAX_REJECT_TEXT,
+    REASON,
+    WORK_SCHEMA,
+    Accountant,
+    AccountingSink,
+    StageStats,
+    batch_key,
+    collect_stats,
+    read_rejects,
+    reject_record,
+    rows_to_table,
+    table_rows,
+    text_bytes,
 )
-#: Longest text kept in a reject record (binary or 50 MB inputs are cut, with the cut noted).
-MAX_REJECT_TEXT = 2000
-
-
-@dataclasses.dataclass
-class StageStats:
-    """Counts of one stage (one batch, or the sum over batches)."""
-
-    stage: str
-    num_rows_in: int = 0
-    num_rows_out: int = 0
-    num_bytes_in: int = 0
-    num_bytes_out: int = 0
-    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
-    """Rows dropped, by reason."""
-    num_batches: int = 0
-    busy_s: float = 0.0
-    """Seconds spent in this stage summed over all workers (CPU-side work, not wall time)."""
-    first_start: float | None = None
-    last_end: float | None = None
-    extra: dict[str, int] = dataclasses.field(default_factory=dict)
-    """Stage-specific counters (e.g. input files seen by the readers)."""
-
-    @property
-    def num_dropped(self) -> int:
-        return sum(self.dropped.values())
-
-    @property
-    def wall_s(self) -> float:
-        """Span from the stage's first batch start to its last batch end (stages overlap when streaming)."""
-        if self.first_start is None or self.last_end is None:
-            return 0.0
-        return max(0.0, self.last_end - self.first_start)
-
-    def balanced(self) -> bool:
-        """The accounting identity: rows in = rows out + rows dropped (by any reason)."""
-        return self.num_rows_in == self.num_rows_out + self.num_dropped
-
-    def merge(self, other: StageStats) -> StageStats:
-        self.num_rows_in += other.num_rows_in
-        self.num_rows_out += other.num_rows_out
-        self.num_bytes_in += other.num_bytes_in
-        self.num_bytes_out += other.num_bytes_out
-        self.dropped = dict(Counter(self.dropped) + Counter(other.dropped))
-        self.extra = dict(Counter(self.extra) + Counter(other.extra))
-        self.num_batches += other.num_batches
-        self.busy_s += other.busy_s
-        starts = [t for t in (self.first_start, other.first_start) if t is not None]
-        ends = [t for t in (self.last_end, other.last_end) if t is not None]
-        self.first_start = min(starts) if starts else None
-        self.last_end = max(ends) if ends else None
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.update(num_dropped=self.num_dropped, wall_s=round(self.wall_s, 3), balanced=self.balanced())
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageStats:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def text_bytes(text: str | None) -> int:
-    return len(text.encode("utf-8", "surrogatepass")) if text else 0
-
-
-def batch_key(rows: Iterable[dict], *, fields: tuple[str, ...] = ("input_file", "locator", "id")) -> str:
-    """A deterministic name for a batch: the same rows give the same key (so retries overwrite), in
-    whatever order they come (a re-executed shuffle can deliver a block's rows in another order)."""
-    sep = "\x1f"
-    identities = sorted(sep.join(str(row.get(field)) for field in fields) for row in rows)
-    return hashlib.sha1("\x1e".join(identities).encode("utf-8", "surrogatepass")).hexdigest()[:20]
-
-
-def reject_record(row: dict, *, stage: str, reason: str, detail: str | None = None) -> dict:
-    """A ``REJECT_SCHEMA`` row for ``row`` (text cut to ``MAX_REJECT_TEXT`` characters)."""
-    text = row.get("text")
-    if isinstance(text, str) and len(text) > MAX_REJECT_TEXT:
-        text = text[:MAX_REJECT_TEXT]
-    return {
-        "id": row.get("id"),
-        "input_file": row.get("input_file") or "",
-        "locator": row.get("locator"),
-        "stage": stage,
-        "reason": reason,
-        "detail": detail,
-        "text": text,
-    }
-
-
-class AccountingSink:
-    """Where workers write rejects (Parquet) and per-batch stats (JSON) under one folder.
-
-    Layout: ``<root>/rejects/<stage>__<key>.parquet`` and ``<root>/stats/<stage>/<key>.json``.
-    Writes go to a temporary name and are renamed, so a reader never sees half a file.
-    """
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = str(root)
-
-    @property
-    def rejects_dir(self) -> Path:
-        return Path(self.root) / "rejects"
-
-    @property
-    def stats_dir(self) -> Path:
-        return Path(self.root) / "stats"
-
-    def write(self, stats: StageStats, rejects: list[dict], *, key: str) -> None:
-        stats_dir = self.stats_dir / stats.stage
-        stats_dir.mkdir(parents=True, exist_ok=True)
-        tmp_suffix = f".tmp-{uuid.uuid4().hex[:8]}"
-        if rejects:
-            self.rejects_dir.mkdir(parents=True, exist_ok=True)
-            target = self.rejects_dir / f"{stats.stage}__{key}.parquet"
-            table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
-            pq.write_table(table, str(target) + tmp_suffix)
-            os.replace(str(target) + tmp_suffix, target)
-        target = stats_dir / f"{key}.json"
-        Path(str(target) + tmp_suffix).write_text(json.dumps(dataclasses.asdict(stats)))
-        os.replace(str(target) + tmp_suffix, target)
-
-
-class Accountant:
-    """Split marked rows into kept rows and rejects, count them, and write the rejects and stats.
-
-    Used by every stage: call :meth:`account` with a batch's rows after marking them (a row with a
-    non-null ``_reason`` is dropped). ``bytes_in`` counts the text of every row that entered.
-    """
-
-    def __init__(self, stage: str, *, sink_root: str | os.PathLike):
-        if not stage or "__" in stage or "/" in stage:
-            raise ValueError(f"stage name {stage!r} must be non-empty and contain neither '__' nor '/'")
-        self.stage = stage
-        self.sink = AccountingSink(sink_root)
-        self.last_bytes_out = 0
-        """Text bytes of the rows the last :meth:`account_rows` kept: the next stage's bytes in."""
-
-    def account(self, rows: list[dict], **kwargs) -> pa.Table:
-        """:meth:`account_rows`, returning the kept rows as a working-schema table."""
-        return rows_to_table(self.account_rows(rows, **kwargs))
-
-    def account_rows(
-        self,
-        rows: list[dict],
-        *,
-        key: str,
-        start: float,
-        num_rows_in: int | None = None,
-        num_bytes_in: int | None = None,
-        extra: dict[str, int] | None = None,
-    ) -> list[dict]:
-        """Write the rejects and stats of one batch; return its kept rows.
-
-        Args:
-            rows: The batch's rows after this stage, kept and marked alike.
-            key: Deterministic batch name (see :func:`batch_key`).
-            start: ``time.time()`` when the stage began this batch.
-            num_rows_in: Rows that entered the stage (default: ``len(rows)``).
-            num_bytes_in: Text bytes that entered (default: the text bytes of ``rows``).
-            extra: Stage-specific counters.
-        """
-        kept, rejects, dropped = [], [], Counter()
-        num_bytes_out = 0
-        for row in rows:
-            reason = row.get(REASON)
-            if reason:
-                dropped[reason] += 1
-                rejects.append(reject_record(row, stage=self.stage, reason=reason, detail=row.get(DETAIL)))
-            else:
-                kept.append(row)
-                num_bytes_out += text_bytes(row.get("text"))
-        end = time.time()
-        stats = StageStats(
-            stage=self.stage,
-            num_rows_in=len(rows) if num_rows_in is None else num_rows_in,
-            num_rows_out=len(kept),
-            num_bytes_in=sum(text_bytes(r.get("text")) for r in rows)
-            if num_bytes_in is None
-            else num_bytes_in,
-            num_bytes_out=num_bytes_out,
-            dropped=dict(dropped),
-            num_batches=1,
-            busy_s=end - start,
-            first_start=start,
-            last_end=end,
-            extra=dict(extra or {}),
-        )
-        self.sink.write(stats, rejects, key=key)
-        self.last_bytes_out = num_bytes_out
-        return kept
-
-
-def rows_to_table(rows: list[dict]) -> pa.Table:
-    """Rows (dicts) to a working-schema table, marker columns reset to null."""
-    cols = {name: [r.get(name) for r in rows] for name in DOCUMENT_COLUMNS}
-    cols[REASON] = [None] * len(rows)
-    cols[DETAIL] = [None] * len(rows)
-    return pa.Table.from_pydict(cols, schema=WORK_SCHEMA)
-
-
-def table_rows(batch: pa.Table | dict) -> list[dict]:
-    """A Ray Data batch (pyarrow table or dict of columns) as a list of row dicts."""
-    if isinstance(batch, pa.Table):
-        return batch.to_pylist()
-    names = list(batch)
-    n = len(batch[names[0]]) if names else 0
-    return [
-        {k: (batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]) for k in names}
-        for i in range(n)
-    ]
+from clinray.data.schema import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, REJECT_SCHEMA  # noqa: F401  (re-exported)
 
 
 class RowStage:
@@ -265,12 +60,19 @@ class RowStage:
 
     #: Stage name in the report (override in subclasses or pass ``name=``).
     name = "stage"
+    #: Columns :meth:`process` reads; the pipeline checks them when it is built.
+    requires: tuple[str, ...] = ("text",)
 
     def __init__(self, *, sink_root: str | os.PathLike, name: str | None = None):
         self.name = name or self.name
         self.accountant = Accountant(self.name, sink_root=sink_root)
         self.counters: Counter = Counter()
         """Stage-specific counts of the current batch (e.g. redactions); written as ``extra``."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The accounting names this stage writes under (one)."""
+        return (self.name,)
 
     def process(self, row: dict) -> dict:
         """Return the row, possibly modified; set ``row["_reason"]`` to drop it."""
@@ -347,30 +149,117 @@ class Filter(RowStage, abc.ABC):
         return row
 
 
-def collect_stats(sink_root: str | os.PathLike, *, order: Iterable[str] = ()) -> dict[str, StageStats]:
-    """Sum the per-batch stats files under ``sink_root`` into one :class:`StageStats` per stage.
+_RESOLVED: dict = {}
 
-    Args:
-        sink_root: The accounting folder the stages wrote to.
-        order: Stage names in pipeline order; stages that saw no batch get zero counts, and stages not
-            named come after, alphabetically.
+
+def resolve(ref):
+    """``ray.get`` an object passed by reference to a Ray Data UDF, once per worker process."""
+    import ray
+
+    if not isinstance(ref, ray.ObjectRef):
+        return ref
+    key = ref.hex()
+    if key not in _RESOLVED:
+        if len(_RESOLVED) > 4:
+            _RESOLVED.clear()
+        _RESOLVED[key] = ray.get(ref)
+    return _RESOLVED[key]
+
+
+def missing_columns(requires: Iterable[str], columns: Iterable[str], *, stage: str) -> None:
+    """Raise a ``ValueError`` naming the columns ``stage`` needs that ``columns`` lacks."""
+    missing = sorted(set(requires) - set(columns))
+    if missing:
+        raise ValueError(
+            f"stage {stage!r} needs the column(s) {missing}, which its input does not have "
+            f"(it has {sorted(columns)}; see clinray/data/schema.py)"
+        )
+
+
+class GlobalStage(abc.ABC):
+    """A stage that must see every document (or an index) before it marks any row.
+
+    A subclass writes its analysis (:meth:`analyze`) and its marking rule (:meth:`mark`); :meth:`apply`
+    does the rest, in order:
+
+    1. **materialize** (when ``barrier``): one execution of the upstream plan that the analysis and
+       the marking both read (looking at a lazy dataset, even ``ds.columns()``, would re-run it);
+    2. check the declared ``requires`` columns (after the barrier; the pipeline checks them at build);
+    3. **analyze** on the driver (Ray work allowed); its result is put in the object store once;
+    4. **mark** each batch of :meth:`partition`'s dataset, once per accounting name in ``names``, each
+       pass **accounted** (rejects, stats, ``counters`` as the report's stage details) under its name.
+
+    Instances travel to the workers (keep them to configs and paths); heavy state goes in the analysis.
     """
-    stats_dir = AccountingSink(sink_root).stats_dir
-    totals: dict[str, StageStats] = {name: StageStats(stage=name) for name in order}
-    if stats_dir.is_dir():
-        for stage_dir in sorted(p for p in stats_dir.iterdir() if p.is_dir()):
-            total = totals.setdefault(stage_dir.name, StageStats(stage=stage_dir.name))
-            for path in sorted(stage_dir.glob("*.json")):
-                total.merge(StageStats.from_dict(json.loads(path.read_text())))
-    return totals
+
+    name = "global"
+    #: Columns the analysis and the marking read.
+    requires: tuple[str, ...] = ("id", "text")
+    #: Materialize the input before the analysis (False for a stage whose analysis reads no document).
+    barrier = True
+
+    def __init__(self, *, sink_root: str | os.PathLike):
+        self.sink_root = str(sink_root)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The accounting names, one per marking pass (:meth:`mark` gets the pass as ``step``)."""
+        return (self.name,)
+
+    @abc.abstractmethod
+    def analyze(self, ds) -> Any:
+        """The global passes over the (materialized) dataset: return what :meth:`mark` needs."""
+
+    @abc.abstractmethod
+    def mark(self, rows: list[dict], analysis: Any, *, step: int, counters: Counter) -> list[dict]:
+        """Mark (``_reason``/``_detail``) or edit the rows of one batch; count into ``counters``."""
+
+    def partition(self, ds, analysis: Any):
+        """The dataset whose blocks are the marking batches (default: the input's blocks)."""
+        return ds
+
+    def analysis_counters(self, analysis: Any) -> dict[str, int]:
+        """Counters of the analysis itself, written once (a stats record with no rows)."""
+        return {}
+
+    def apply(self, ds):
+        """The stage on a working-schema dataset: materialize, analyze, then the lazy marking."""
+        import ray
+
+        if self.barrier:
+            ds = ds.materialize()
+            missing_columns(self.requires, ds.columns(), stage=self.name)
+        analysis = self.analyze(ds)
+        extra = self.analysis_counters(analysis)
+        if extra:
+            record = StageStats(stage=self.names[0], extra=dict(extra))
+            AccountingSink(self.sink_root).write(record, [], key="analysis")
+        marker = MarkBatches(self, ray.put(analysis))
+        return self.partition(ds, analysis).map_batches(
+            marker, batch_size=None, batch_format="pyarrow", zero_copy_batch=False
+        )
 
 
-def read_rejects(sink_root: str | os.PathLike) -> pa.Table:
-    """All rejects written under ``sink_root`` as one table (empty table if none)."""
-    files = sorted(AccountingSink(sink_root).rejects_dir.glob("*.parquet"))
-    if not files:
-        return REJECT_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=REJECT_SCHEMA) for f in files])
+class MarkBatches:
+    """The ``map_batches`` UDF of a :class:`GlobalStage`: each marking pass on a batch, accounted."""
+
+    def __init__(self, stage: GlobalStage, analysis_ref):
+        self.stage, self.analysis_ref = stage, analysis_ref
+        self.accountants = [Accountant(name, sink_root=stage.sink_root) for name in stage.names]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        analysis = resolve(self.analysis_ref)
+        rows = table_rows(batch)
+        for step, accountant in enumerate(self.accountants):
+            start = time.time()
+            key = batch_key(rows)
+            num_bytes_in = sum(text_bytes(r.get("text")) for r in rows)
+            counters: Counter = Counter()
+            rows = self.stage.mark(rows, analysis, step=step, counters=counters)
+            rows = accountant.account_rows(
+                rows, key=key, start=start, num_bytes_in=num_bytes_in, extra=dict(counters)
+            )
+        return rows_to_table(rows)
 
 
 @contextlib.contextmanager

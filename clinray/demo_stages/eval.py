@@ -60,6 +60,7 @@ def run(ctx: DemoContext) -> Section:
         "Accuracy (%) on the tiny world's test questions, full-answer likelihood (`acc`):",
         "",
         to_markdown(table),
+        *(f"- {note}" for note in result.notes),  # skipped question rows and data warnings, if any
     ]
     metrics = {
         f"{row['model']} {column_name(col)}": f"{row['cells'][col]:.1f}"

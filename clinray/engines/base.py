@@ -5,7 +5,9 @@ Strategies, evaluation and serving talk to a model only through :class:`Generati
 ``score`` continuations of a context by log-likelihood (the paper's answer extraction). Engines differ
 in where the model runs: in this process (transformers), behind an OpenAI-compatible HTTP server, or
 in vLLM on a GPU. Engines may also offer ``score_batch([(context, continuations), ...])``, which the
-strategies use when present to score every run of every question in one pass.
+strategies use when present to score every run of every question in one pass, and the
+:class:`TokenWindow` pair (``max_prompt_tokens``, ``count_tokens``), with which the strategies fit a
+few-shot prompt to the model's window by dropping whole examples instead of letting the engine cut it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from clinray.models.chat_template import STOP_STRINGS
 
-__all__ = ["GenerationEngine", "EngineConfig", "EngineUnavailableError", "truncate_at_stop"]
+__all__ = ["GenerationEngine", "TokenWindow", "EngineConfig", "EngineUnavailableError", "truncate_at_stop"]
 
 
 class EngineUnavailableError(ValueError):
@@ -40,6 +42,19 @@ class GenerationEngine(Protocol):
 
     def score(self, context: str, continuations: Sequence[str]) -> list[float]:
         """Summed log-probability of each continuation given ``context``."""
+        ...
+
+
+@runtime_checkable
+class TokenWindow(Protocol):
+    """An engine that knows its context window and counts tokens as its model does."""
+
+    def max_prompt_tokens(self, *, max_new_tokens: int) -> int | None:
+        """Most prompt tokens that leave room for ``max_new_tokens`` in the window (None: unknown)."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text, as the engine encodes a prompt (special tokens included)."""
         ...
 
 

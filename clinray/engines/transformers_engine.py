@@ -77,6 +77,16 @@ class TransformersEngine:
         self.num_truncated = 0
         """Prompts cut on the left to fit the context window so far."""
 
+    def max_prompt_tokens(self, *, max_new_tokens: int) -> int:
+        """The window (``max_position_embeddings``) less the generated tokens (:class:`TokenWindow`)."""
+        return self.max_length - max_new_tokens
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text, without the tokenizer's over-length warning (:class:`TokenWindow`)."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts), verbose=False)["input_ids"]]
+
     def _encode_prompts(self, prompts: Sequence[str], *, max_new_tokens: int):
         budget = self.max_length - max_new_tokens
         if budget < 8:
@@ -88,9 +98,8 @@ class TransformersEngine:
         enc = self.tokenizer(
             list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=budget
         )
-        lengths = [len(self.tokenizer(p)["input_ids"]) for p in prompts]
-        cut = sum(n > budget for n in lengths)
-        if cut:
+        cut = sum(n > budget for n in self.count_tokens(prompts))
+        if cut:  # the strategies fit their prompts by whole examples first (clinray.prompting.fit)
             self.num_truncated += cut
             log.warning("%d prompt(s) longer than %d tokens were cut on the left", cut, budget)
         return enc.to(self.device)
@@ -160,10 +169,10 @@ class TransformersEngine:
         needs (every row fits; keeping at least one context token), so the continuations are
         compared after the same context and it runs once.
         """
-        ctx_ids = self.tokenizer(context)["input_ids"]
+        ctx_ids = self.tokenizer(context, verbose=False)["input_ids"]
         encoded = []
         for cont in continuations:
-            whole = self.tokenizer(context + cont)["input_ids"]
+            whole = self.tokenizer(context + cont, verbose=False)["input_ids"]
             start = len(ctx_ids) if whole[: len(ctx_ids)] == ctx_ids else len(ctx_ids) - 1
             encoded.append((whole, max(1, min(start, len(whole) - 1))))
         drop = max([0] + [len(whole) - self._score_window for whole, _ in encoded])
@@ -212,7 +221,7 @@ class TransformersEngine:
         """``(token text, character offset, log-probability)`` of every token of ``text`` (echo scoring)."""
         import torch
 
-        enc = self.tokenizer(text, return_offsets_mapping=True)
+        enc = self.tokenizer(text, return_offsets_mapping=True, verbose=False)
         ids = enc["input_ids"][-self.max_length :]
         offsets = enc["offset_mapping"][-len(ids) :]
         with torch.inference_mode():

@@ -39,6 +39,16 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.stop = tuple(stop)
 
+    def max_prompt_tokens(self, *, max_new_tokens: int) -> int | None:
+        """vLLM's ``max_model_len`` less the generated tokens (None when this vLLM does not say)."""
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len) - max_new_tokens
+        except AttributeError:
+            return None
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(self.tokenizer(t)["input_ids"]) for t in texts]
+
     def generate(
         self,
         prompts: Sequence[str],

@@ -47,6 +47,8 @@ class EvalConfig:
     """Per-task file overrides, task name -> file (relative to data_dir or absolute)."""
     use_hub: bool = False
     """Load each task's ``hub_id`` with ``datasets`` instead of local files."""
+    cop_base: str = "auto"
+    """MedMCQA ``cop`` base: ``auto`` (a 0 anywhere means 0-based), ``0`` (hub Parquet) or ``1`` (release JSON)."""
     out_dir: str = "runs/eval"
     """Where results.json, table.md/.csv and per-sample logs go."""
     scorer: Literal["clinray", "hf"] = "clinray"
@@ -83,6 +85,9 @@ class EvalConfig:
             raise ValueError("num_gpus_per_model must be >= 0 and num_cpus_per_model > 0")
         if self.metric not in ("acc", "acc_norm"):
             raise ValueError(f"metric must be acc or acc_norm, got {self.metric!r}")
+        from clinray.qa import normalize_cop_base
+
+        self.cop_base = normalize_cop_base(self.cop_base)
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
         unknown = sorted({t for members in self.merge_columns.values() for t in members} - set(self.tasks))

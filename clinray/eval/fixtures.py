@@ -4,17 +4,17 @@ The tiny world (``clinray.synthetic``) writes the real demo questions; this modu
 invented ones in exactly the same layouts (MedQA JSONL with 4 and 5 options, USMLE JSONL, MedMCQA
 release JSON with 1-based ``cop`` and hub-style Parquet with 0-based ``cop``, MMLU header-less CSV for
 the 13 subjects, PubMedQA ``ori_pqal.json``), so the loaders and lm-eval's CLI can be tested without
-depending on the world generator. The content is deliberately meaningless.
+depending on the world generator. The files are written by :mod:`clinray.qa`'s writers. The content is
+deliberately meaningless.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from pathlib import Path
 
-from clinray.eval.tasks.utils import LETTERS, MMLU_MEDICAL_SUBJECTS
+from clinray.eval.tasks.utils import MMLU_MEDICAL_SUBJECTS
+from clinray.qa import PUBMEDQA_CHOICES, Question, write_questions
 
 _SYLLABLES = ["ka", "lo", "mi", "ter", "zan", "vo", "rex", "dal", "pin", "sul", "mor", "ni", "qua", "bel"]
 
@@ -30,22 +30,17 @@ def _question(rng: random.Random, num_options: int) -> tuple[str, list[str], int
     return stem, options, rng.randrange(num_options)
 
 
-def _medqa_line(rng: random.Random, i: int, num_options: int) -> dict:
+def _medqa(rng: random.Random, benchmark: str, split: str, i: int, num_options: int) -> Question:
     stem, options, answer = _question(rng, num_options)
-    letters = LETTERS[:num_options]
-    return {
-        "id": f"q{i}",
-        "question": stem,
-        "options": dict(zip(letters, options, strict=True)),
-        "answer_idx": letters[answer],
-        "answer": options[answer],
-        "meta_info": "step1",
-    }
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Question.create(
+        benchmark=benchmark,
+        split=split,
+        native=f"q{i}",
+        stem=stem,
+        options=options,
+        answer_index=answer,
+        meta={"meta_info": "step1"},
+    )
 
 
 def write_sample_questions(root: str | Path, *, num_questions: int = 8, seed: int = 0) -> Path:
@@ -53,57 +48,61 @@ def write_sample_questions(root: str | Path, *, num_questions: int = 8, seed: in
     root = Path(root)
     rng = random.Random(seed)
     for split in ("train", "test"):
-        _write_jsonl(
-            root / "medqa" / f"{split}.jsonl", [_medqa_line(rng, i, 4) for i in range(num_questions)]
-        )
-        _write_jsonl(
-            root / "medqa_5" / f"{split}.jsonl", [_medqa_line(rng, i, 5) for i in range(num_questions)]
-        )
+        for bench, k in (("medqa", 4), ("medqa_5", 5)):
+            questions = [_medqa(rng, bench, split, i, k) for i in range(num_questions)]
+            write_questions(root / bench / f"{split}.jsonl", questions, layout="medqa")
     for name in ("sample_exam", "self_assessment"):
-        _write_jsonl(root / "usmle" / f"{name}.jsonl", [_medqa_line(rng, i, 5) for i in range(num_questions)])
+        questions = [_medqa(rng, "usmle", name, i, 5) for i in range(num_questions)]
+        write_questions(root / "usmle" / f"{name}.jsonl", questions, layout="medqa")
     medmcqa = []
     for i in range(num_questions):
         stem, options, answer = _question(rng, 4)
         medmcqa.append(
-            {
-                "id": f"m{i}",
-                "question": stem,
-                "opa": options[0],
-                "opb": options[1],
-                "opc": options[2],
-                "opd": options[3],
-                "cop": answer + 1,
-                "exp": "",
-                "subject_name": "Pharmacology",
-                "topic_name": None,
-                "choice_type": "single",
-            }
+            Question.create(
+                benchmark="medmcqa",
+                split="dev",
+                native=f"m{i}",
+                stem=stem,
+                options=options,
+                answer_index=answer,
+                meta={"subject_name": "Pharmacology", "topic_name": None, "choice_type": "single"},
+            )
         )
     for split in ("train", "dev"):
-        _write_jsonl(root / "medmcqa" / f"{split}.json", medmcqa)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(
-        pa.Table.from_pylist([{**r, "cop": r["cop"] - 1} for r in medmcqa]),
-        root / "medmcqa" / "validation.parquet",
-    )
-    (root / "mmlu" / "test").mkdir(parents=True, exist_ok=True)
+        write_questions(root / "medmcqa" / f"{split}.json", medmcqa, layout="medmcqa")  # cop 1-based
+    write_questions(root / "medmcqa" / "validation.parquet", medmcqa, layout="medmcqa")  # cop 0-based
     for subject in MMLU_MEDICAL_SUBJECTS:
-        with (root / "mmlu" / "test" / f"{subject}_test.csv").open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            for _ in range(max(2, num_questions // 4)):
-                stem, options, answer = _question(rng, 4)
-                writer.writerow([stem, *options, LETTERS[answer]])
-    pqal = {}
+        questions = []
+        for n in range(max(2, num_questions // 4)):
+            stem, options, answer = _question(rng, 4)
+            questions.append(
+                Question.create(
+                    benchmark="mmlu",
+                    split="test",
+                    native=f"{subject}:{n + 1}",
+                    stem=stem,
+                    options=options,
+                    answer_index=answer,
+                    meta={"subject": subject},
+                    own_id=False,
+                )
+            )
+        write_questions(root / "mmlu" / "test" / f"{subject}_test.csv", questions, layout="mmlu")
+    pqal = []
     for i in range(num_questions):
-        pqal[str(10_000 + i)] = {
-            "QUESTION": f"Does {_word(rng)} improve {_word(rng)} outcomes?",
-            "CONTEXTS": [f"We studied {_word(rng)} in {rng.randint(20, 200)} patients.", "Results varied."],
-            "LABELS": ["BACKGROUND", "RESULTS"],
-            "final_decision": rng.choice(["yes", "no", "maybe"]),
-            "LONG_ANSWER": "Unclear.",
-        }
-    (root / "pubmedqa").mkdir(parents=True, exist_ok=True)
-    (root / "pubmedqa" / "ori_pqal.json").write_text(json.dumps(pqal, indent=1))
+        question = f"Does {_word(rng)} improve {_word(rng)} outcomes?"
+        contexts = [f"We studied {_word(rng)} in {rng.randint(20, 200)} patients.", "Results varied."]
+        pqal.append(
+            Question.create(
+                benchmark="pubmedqa",
+                split="ori_pqal",
+                native=str(10_000 + i),
+                stem=question,
+                options=PUBMEDQA_CHOICES,
+                answer_index=PUBMEDQA_CHOICES.index(rng.choice(PUBMEDQA_CHOICES)),
+                explanation="Unclear.",
+                meta={"contexts": contexts, "LABELS": ["BACKGROUND", "RESULTS"]},
+            )
+        )
+    write_questions(root / "pubmedqa" / "ori_pqal.json", pqal, layout="pubmedqa")
     return root

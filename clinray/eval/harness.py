@@ -4,8 +4,10 @@ Each model is evaluated by :func:`evaluate_model` inside its own Ray task (``num
 or ``num_cpus_per_model`` CPU slots), which runs lm-eval's ``simple_evaluate`` with clinray's task
 folder on the include path and the data folder in the task metadata, i.e. exactly what
 ``lm_eval --include_path clinray/eval/tasks --metadata '{"data_dir": ...}'`` runs, so the numbers are
-the same as lm-eval's own CLI. The driver gathers compact results (metrics plus per-sample log lines)
-and writes ``results.json``, ``table.md``, ``table.csv`` and ``samples/<model>/<task>.jsonl``.
+the same as lm-eval's own CLI. The driver gathers compact results (metrics, per-sample log lines, and
+what each task's loader skipped, by reason) and writes ``results.json``, ``table.md``, ``table.csv``
+and ``samples/<model>/<task>.jsonl``; skipped rows and data warnings are also logged on the driver and
+listed in the table's notes.
 
 The trade-off: whole models are the unit of parallelism (no sharding of one model's questions over
 workers), which keeps lm-eval's results bit-identical to a single-process run and suits both a
@@ -24,7 +26,7 @@ from typing import Any
 
 from clinray.config import dump, from_dict, to_dict
 from clinray.eval.config import EvalConfig
-from clinray.eval.tables import build_table, to_markdown, write_tables
+from clinray.eval.tables import build_table, data_notes, to_markdown, write_tables
 from clinray.results import StageResult
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ def task_metadata(cfg: EvalConfig) -> dict[str, Any]:
         "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
         "paths": dict(cfg.paths),
         "use_hub": cfg.use_hub,
+        "medmcqa_cop_base": cfg.cop_base,
     }
 
 
@@ -86,6 +89,7 @@ def evaluate_model(name: str, model: str, cfg: EvalConfig | dict) -> dict:
     from lm_eval.tasks import TaskManager
 
     import clinray.eval.scorer  # noqa: F401  (registers --model clinray)
+    from clinray.eval.tasks import take_load_reports
 
     if isinstance(cfg, dict):
         cfg = from_dict(EvalConfig, cfg)
@@ -94,6 +98,7 @@ def evaluate_model(name: str, model: str, cfg: EvalConfig | dict) -> dict:
         not t.startswith("clinray_") for t in cfg.tasks
     )  # indexing lm-eval's own tasks takes seconds
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=builtin, metadata=task_metadata(cfg))
+    take_load_reports()  # a reused Ray worker may hold an earlier evaluation's reports
     out = lm_eval.simple_evaluate(
         model=cfg.scorer,
         model_args={"pretrained": str(model), "dtype": cfg.dtype},
@@ -124,6 +129,7 @@ def evaluate_model(name: str, model: str, cfg: EvalConfig | dict) -> dict:
         "results": results,
         "num_questions": num_questions,
         "groups": sorted(out.get("groups", {})),
+        "data": take_load_reports(),
         "samples": samples,
     }
 
@@ -131,6 +137,7 @@ def evaluate_model(name: str, model: str, cfg: EvalConfig | dict) -> dict:
 def evaluate_models(cfg: EvalConfig) -> list[dict]:
     """Evaluate every model of ``cfg.models`` in parallel, one Ray task each; results in config order."""
     import ray
+    from ray.exceptions import RayTaskError
 
     if not cfg.models:
         raise ValueError(
@@ -147,9 +154,16 @@ def evaluate_models(cfg: EvalConfig) -> list[dict]:
     refs = [remote.remote(name, path, plain) for name, path in cfg.models.items()]
     results = []
     for name, ref in zip(cfg.models, refs, strict=True):
-        result = ray.get(ref)
+        try:
+            result = ray.get(ref)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, ValueError):  # a question file the user must fix: one line, no traceback
+                raise ValueError(f"evaluating {name}: {exc.cause}") from None
+            raise
         log.info("evaluated %s in %.1f s", name, result["wall_s"])
         results.append(result)
+    for line in data_notes(results):  # the driver's console, not only the Ray worker's log
+        log.warning("%s", line)
     return results
 
 
@@ -165,12 +179,13 @@ def write_results(results: list[dict], cfg: EvalConfig, out_dir: str | Path) -> 
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     compact = [{k: v for k, v in r.items() if k != "samples"} for r in results]
+    notes = data_notes(compact)
     paths["results_json"] = out / "results.json"
     paths["results_json"].write_text(
-        json.dumps({"tasks": cfg.tasks, "metric": cfg.metric, "models": compact}, indent=2)
+        json.dumps({"tasks": cfg.tasks, "metric": cfg.metric, "notes": notes, "models": compact}, indent=2)
     )
     table = build_table(compact, cfg.tasks, metric=cfg.metric, merge=cfg.merge_columns)
-    paths.update(write_tables(table, out))
+    paths.update(write_tables(table, out, notes=notes))
     return paths
 
 
@@ -187,6 +202,7 @@ class EvalResult(StageResult):
     table_md: Path
     table_csv: Path
     notes: list[str] = dataclasses.field(default_factory=list)
+    """Lines printed under the table: skipped question rows by task and reason, data warnings, sweep notes."""
     points: list[dict] | None = None
     """Sweep only: one point per checkpoint (step, tokens seen, cells)."""
     sweep_png: Path | None = None
@@ -214,6 +230,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         table=table,
         config_path=Path(cfg.out_dir) / "config.yaml",
         problems=[f"model {m!r} was scored on no question" for m in empty],
+        notes=data_notes(compact),
         **paths,
     )
 

@@ -43,7 +43,7 @@ class MedpromptEvalConfig:
     data_dir: str = ""
     """Folder of the datasets in their native layouts ('' = $CLINRAY_DATA_DIR)."""
     test_file: str = "medqa/test.jsonl"
-    """Questions in MedQA's JSONL layout, relative to data_dir."""
+    """Labelled questions in a native layout (clinray.qa), relative to data_dir (or absolute)."""
     limit: int = 0
     """Evaluate only the first N questions (0 = all)."""
     out_dir: str = "runs/eval/medprompt"
@@ -86,6 +86,8 @@ class MedpromptEvalResult(StageResult):
     num_questions: int
     json_path: Path
     png: Path
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """Skipped question rows (by reason) and data warnings, printed under the table."""
 
     def outputs(self) -> dict[str, str]:
         return {
@@ -103,14 +105,27 @@ class MedpromptEvalResult(StageResult):
 
     def summary(self) -> str:
         head = f"Medprompt strategies on {self.num_questions} questions:"
-        return "\n".join([head, *self.table(), StageResult.summary(self)])
+        return "\n".join([head, *self.table(), *self.notes, StageResult.summary(self)])
 
 
-def load_items(cfg: MedpromptEvalConfig) -> list[dict]:
-    """The question rows (``id, question, options, answer_index``) through the task loaders."""
-    from clinray.eval.tasks.utils import load_medqa
+def load_questions(cfg: MedpromptEvalConfig):
+    """The labelled test questions (a :class:`clinray.qa.QuestionSet`; unlabelled ones are skipped rows)."""
+    import os
 
-    rows = list(load_medqa(test_file=cfg.test_file, data_dir=cfg.data_dir or None)["test"])
+    from clinray.qa import read_questions
+
+    data_dir = cfg.data_dir or os.environ.get("CLINRAY_DATA_DIR", "")
+    path = Path(cfg.test_file) if Path(cfg.test_file).is_absolute() else Path(data_dir) / cfg.test_file
+    return read_questions(path).require_answers(purpose="medprompt-eval (accuracy)")
+
+
+def load_items(cfg: MedpromptEvalConfig, questions=None) -> list[dict]:
+    """The question rows ``{id, question, options, answer_index}``, ids from :mod:`clinray.qa`."""
+    questions = load_questions(cfg) if questions is None else questions
+    rows = [
+        {"id": q.id, "question": q.text, "options": list(q.options), "answer_index": q.answer_index}
+        for q in questions
+    ]
     return rows[: cfg.limit] if cfg.limit else rows
 
 
@@ -213,7 +228,13 @@ def run_medprompt_eval(cfg: MedpromptEvalConfig, *, setup=None) -> MedpromptEval
     """Load the questions, open the Medprompt setup, evaluate every strategy, write JSON, JSONL and PNG."""
     from clinray.serve.setup import open_setup
 
-    items = load_items(cfg)
+    questions = load_questions(cfg)
+    items = load_items(cfg, questions)
+    notes = list(questions.warnings)
+    if questions.skipped:
+        notes.insert(
+            0, f"skipped {len(questions.skipped)} rows of {questions.source}: {questions.describe_skipped()}"
+        )
     own = setup is None
     setup = setup or open_setup(cfg.setup)
     try:
@@ -224,6 +245,7 @@ def run_medprompt_eval(cfg: MedpromptEvalConfig, *, setup=None) -> MedpromptEval
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "medprompt_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.pop("records")))
+    result["data"] = questions.report()
     (out / "medprompt.json").write_text(json.dumps(result, indent=2))
     title = f"Medprompt strategies on {cfg.test_file} ({result['num_questions']} questions)"
     png = plot_strategies(result["strategies"], out / "medprompt.png", title=title)
@@ -236,4 +258,5 @@ def run_medprompt_eval(cfg: MedpromptEvalConfig, *, setup=None) -> MedpromptEval
         png=png,
         config_path=config_path,
         problems=[] if result["num_questions"] else ["no question was answered"],
+        notes=notes,
     )

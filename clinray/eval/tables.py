@@ -1,14 +1,15 @@
 """Table-2-style tables: one row per model, one column per task, accuracy in percent.
 
 Plain functions over the compact results of :mod:`clinray.eval.harness` (no lm-eval import), so a
-table can be rebuilt from a ``results.json`` alone. Missing cells (a task a model was not run on)
-show as ``-`` rather than failing the table.
+table and its notes (skipped question rows) can be rebuilt from a ``results.json`` alone. Missing cells
+(a task a model was not run on) show as ``-`` rather than failing the table.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 MISSING = "-"
@@ -104,14 +105,56 @@ def to_csv(table: dict) -> str:
     return buf.getvalue()
 
 
-def write_tables(table: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``table.md`` and ``table.csv`` under ``out_dir``."""
+def _skip_detail(report: dict) -> str:
+    first: dict[str, dict] = {}
+    for row in report.get("skipped", []):
+        first.setdefault(row["reason"], row)
+    parts = []
+    for reason, n in report.get("skipped_by_reason", {}).items():
+        row = first.get(reason)
+        where = (
+            f" (first at {row['locator']}{': ' + row['detail'] if row.get('detail') else ''})" if row else ""
+        )
+        parts.append(f"{n} x {reason}{where}")
+    return "; ".join(parts)
+
+
+def data_notes(results: list[dict]) -> list[str]:
+    """One line per task whose loader skipped rows or warned (``data`` of each model's result), once per task.
+
+    Every model reads the same files, so a task's line is shown once; models that read a task
+    differently (another file) get a line each, named.
+    """
+    seen: dict[tuple, list[str]] = {}
+    for result in results:
+        for task, report in sorted(result.get("data", {}).items()):
+            key = (task, json.dumps(report, sort_keys=True))
+            seen.setdefault(key, []).append(result.get("model", "?"))
+    tasks = [task for task, _ in seen]
+    notes = []
+    for (task, blob), models in seen.items():
+        report = json.loads(blob)
+        who = f" ({', '.join(models)})" if tasks.count(task) > 1 else ""
+        if report.get("num_skipped"):
+            total = report["num_skipped"] + report.get("num_questions", 0)
+            notes.append(
+                f"{task}{who}: skipped {report['num_skipped']} of {total} question rows in "
+                f"{report.get('source', '?')}: {_skip_detail(report)}"
+            )
+        notes += [f"{task}{who}: {warning}" for warning in report.get("warnings", [])]
+    return notes
+
+
+def write_tables(table: dict, out_dir: str | Path, *, notes: list[str] | None = None) -> dict[str, Path]:
+    """Write ``table.md`` (with ``notes`` under the table) and ``table.csv`` under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, cs = out / "table.md", out / "table.csv"
+    tail = "".join(f"\n- {note}" for note in notes or []) + ("\n" if notes else "")
     md.write_text(
         f"Accuracy (%, {table['metric']}, full-answer likelihood unless the task ends in _letter)\n\n"
         + to_markdown(table)
+        + tail
     )
     cs.write_text(to_csv(table))
     return {"table_md": md, "table_csv": cs}

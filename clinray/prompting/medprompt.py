@@ -15,6 +15,8 @@ Each run's answer is parsed from the completion; a run whose completion names no
 the likelihood of each option after ``Therefore, the correct answer is:`` (the paper's evaluation),
 recorded as ``method="scored"``. With ``answer_mode="score"`` every run is scored that way, which is
 what the paper's evaluation does. So every strategy always returns an answer, and the record says how.
+A prompt longer than the engine's window loses whole few-shot examples, farthest first, before it is
+sent (:mod:`clinray.prompting.fit`; ``num_shots_used`` / ``num_shots_dropped`` in each run's record).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from clinray.prompting.cot import static_examples
 from clinray.prompting.ensemble import apply_permutation, distinct_permutations, map_back, plurality_vote
+from clinray.prompting.fit import Window, fit_examples, window_of
 from clinray.prompting.knn_fewshot import Retriever, knn_examples
 from clinray.prompting.parsing import parse_answer, reasoning_of
 from clinray.prompting.templates import Example, build_prompt, option_display, scoring_context
@@ -95,6 +98,12 @@ class RunRecord:
     """The run's answer as an index into the original options."""
     option_scores: list[float] | None = None
     """Log-likelihood of each shown option after the reasoning, when scored."""
+    num_shots_used: int = 0
+    """Few-shot examples in the prompt (``example_ids``)."""
+    num_shots_dropped: int = 0
+    """Examples dropped, whole, to fit the model's window (``clinray.prompting.fit``)."""
+    num_prompt_tokens: int | None = None
+    """The prompt's tokens, as the engine counts them (None: the engine does not count)."""
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -109,6 +118,8 @@ class MedpromptAnswer:
     """Runs per original option index."""
     strategy: str
     runs: list[RunRecord]
+    num_shots_dropped: int = 0
+    """Examples dropped to fit the window, over all runs."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,6 +132,8 @@ class _Plan:
     prompts: list[str]
     perms: list[tuple[int, ...]]
     example_ids: list[list[str]]
+    num_dropped: list[int]
+    num_tokens: list[int | None]
 
 
 def _base_examples(
@@ -147,7 +160,7 @@ def _base_examples(
     )
 
 
-def _plan(item: Mapping[str, Any], cfg: MedpromptConfig, retriever, pool) -> _Plan:
+def _plan(item: Mapping[str, Any], cfg: MedpromptConfig, retriever, pool, window: Window | None) -> _Plan:
     question, options, qid = str(item["question"]), list(item["options"]), item.get("id")
     qid = None if qid is None else str(qid)
     kind = {"zero_shot_cot": "none", "static_fewshot_cot": "static", "knn_fewshot_cot": "knn"}.get(
@@ -160,15 +173,32 @@ def _plan(item: Mapping[str, Any], cfg: MedpromptConfig, retriever, pool) -> _Pl
         example_perms = distinct_permutations(cfg.num_runs, len(examples), rng=rng) if examples else None
     else:
         perms, example_perms = [tuple(range(len(options)))], None
-    prompts, ids = [], []
+    # Whole examples leave a prompt too long for the window: kNN's least similar (first in its list)
+    # first, static's last first (see clinray.prompting.fit).
+    rank = list(range(len(examples))) if kind == "knn" else list(reversed(range(len(examples))))
+    budget = (
+        window.budget([option_display(options, j, use_labels=cfg.use_labels) for j in range(len(options))])
+        if window
+        else None
+    )
+    plan = _Plan(question, options, [], perms, [], [], [])
     for r, perm in enumerate(perms):
-        shown_examples = apply_permutation(examples, example_perms[r]) if example_perms else examples
+        order = list(example_perms[r]) if example_perms else list(range(len(examples)))
         shown = apply_permutation(options, perm)
-        prompts.append(
-            build_prompt(question, shown, examples=shown_examples, cot=True, use_labels=cfg.use_labels)
+        fitted = fit_examples(
+            lambda exs, shown=shown: build_prompt(
+                question, shown, examples=exs, cot=True, use_labels=cfg.use_labels
+            ),
+            [examples[i] for i in order],
+            drop_order=sorted(range(len(order)), key=lambda pos: rank[order[pos]]),
+            budget=budget,
+            count=window.count if window else None,
         )
-        ids.append([ex.id for ex in shown_examples])
-    return _Plan(question, options, prompts, perms, ids)
+        plan.prompts.append(fitted.prompt)
+        plan.example_ids.append([ex.id for ex in fitted.examples])
+        plan.num_dropped.append(fitted.num_dropped)
+        plan.num_tokens.append(fitted.num_tokens)
+    return plan
 
 
 def _score_all(engine, requests: list[tuple[str, list[str]]]) -> list[list[float]]:
@@ -204,6 +234,9 @@ def _resolve_runs(
                 parse_form=parsed.form if parsed is not None else "answer_mode=score",
                 method="parsed" if ok else "scored",
                 mapped_back=map_back(perm, parsed.index) if ok else -1,
+                num_shots_used=len(plan.example_ids[r]),
+                num_shots_dropped=plan.num_dropped[r],
+                num_prompt_tokens=plan.num_tokens[r],
             )
             if not ok:
                 context = scoring_context(plan.prompts[r], reasoning_of(completion))
@@ -237,7 +270,8 @@ def answer_batch(
         pool: stored examples, needed by static few-shot.
     """
     cfg = config or MedpromptConfig()
-    plans = [_plan(item, cfg, retriever, pool) for item in items]
+    window = window_of(engine, max_new_tokens=cfg.max_new_tokens)
+    plans = [_plan(item, cfg, retriever, pool, window) for item in items]
     prompts = [p for plan in plans for p in plan.prompts]
     temperature = cfg.ensemble_temperature if cfg.strategy == "cot_ensemble" else cfg.temperature
     completions = engine.generate(
@@ -256,6 +290,7 @@ def answer_batch(
                 votes=votes,
                 strategy=cfg.strategy,
                 runs=runs,
+                num_shots_dropped=sum(plan.num_dropped),
             )
         )
     return answers

@@ -1,12 +1,16 @@
 """Build the Medprompt example store: read training questions, embed them in Ray Data actors, upsert.
 
-Inputs are question files in their native layouts, recognized per record: MedQA JSONL (``options`` as a
-letter map, ``answer_idx``), MedMCQA JSON lines (``opa``..``opd``, 1-based ``cop``, ``exp``) and clinray
-example JSONL (``options`` list, ``answer_index``, ``explanation``). Explanations come from the record
-(``exp``/``explanation``) or from SFT chain-of-thought samples (``sft-<question id>``), used only when
-their final answer is the question's correct option ("verified" CoT, as Medprompt keeps only CoT that
-reaches the right answer). A record that cannot be used is counted and recorded with its reason, never
-dropped silently. Records are normalized on the driver (small text rows), embedded by
+Inputs are question files in their native layouts, read by :mod:`clinray.qa` (the layout from
+``benchmark``, the folder name or the file itself): MedQA JSONL (``options`` as a letter map or a list,
+``answer_idx``/``answer_index``, ``explanation``; clinray example JSONL is this layout), MedMCQA JSON
+lines or Parquet (``opa``..``opd``, ``cop`` with its base detected or set by ``cop_base``, ``exp``), MMLU
+CSV and PubMedQA JSON. Examples are stored under the questions' stable ids (``medqa/train/<id>``), the
+ids evaluation and Medprompt use, so the leak guard can match them. An example needs its answer: an
+unlabelled question is a reject (``no_answer``), a file without any answer an error. Explanations come
+from the record or from SFT chain-of-thought samples (``sft-<native id>`` or ``sft-<question id>``), used
+only when their final answer is the question's correct option ("verified" CoT, as Medprompt keeps only
+CoT that reaches the right answer). A record that cannot be used is counted and recorded with its
+reason, never dropped silently. Records are normalized on the driver (small text rows), embedded by
 ``cfg.num_embed_actors`` Ray Data actors, and written by the driver in batches while they stream out of
 ``iter_batches`` (Milvus Lite allows one process per file, and nothing is materialized in full).
 """
@@ -17,17 +21,17 @@ import dataclasses
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from clinray.config import dump
 from clinray.models.chat_template import COT_ANSWER_PREFIX, COT_PREFIX
+from clinray.qa import Question, read_questions
 from clinray.results import StageResult, missing_file
 from clinray.retrieval.embed import EmbedConfig, embedding_text
 from clinray.retrieval.milvus_store import MAX_TEXT_CHARS, StoreConfig
 
-__all__ = ["InputSpec", "IndexConfig", "load_examples", "build_index", "world_inputs", "options_and_answer"]
+__all__ = ["InputSpec", "IndexConfig", "load_examples", "build_index", "world_inputs", "normalize_question"]
 
 _MAX_REJECTS_LISTED = 1000
 
@@ -37,9 +41,22 @@ class InputSpec:
     """One question file."""
 
     path: str
-    """MedQA JSONL, MedMCQA JSON lines, or clinray example JSONL (recognized per record)."""
+    """A question file in a native layout (MedQA/clinray example JSONL, MedMCQA JSON or Parquet, ...)."""
     source: str = ""
     """Label stored with each example (default: the file's parent folder name)."""
+    benchmark: str = ""
+    """The benchmark whose layout the file has (``medqa``, ``medmcqa``, ...; '' = from its folder or content)."""
+    cop_base: str = "auto"
+    """MedMCQA ``cop`` base: ``auto`` (a 0 anywhere means 0-based), ``0`` or ``1``."""
+
+    def __post_init__(self) -> None:
+        from clinray.qa import BENCHMARKS, normalize_cop_base
+
+        self.cop_base = normalize_cop_base(self.cop_base)
+        if self.benchmark and self.benchmark not in BENCHMARKS:
+            raise ValueError(
+                f"inputs[].benchmark {self.benchmark!r} unknown; choose from {sorted(BENCHMARKS)}"
+            )
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -61,7 +78,7 @@ class IndexConfig:
     insert_batch_size: int = 512
     """Rows per Milvus upsert."""
     report: str = ""
-    """Where to write the JSON report (default: beside the store, ``<collection>_report.json``)."""
+    """Where to write the JSON report (default: beside the store, ``<store stem>.<collection>_report.json``)."""
     embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
     """The embedder."""
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
@@ -97,7 +114,7 @@ class IndexResult(StageResult):
     collection: str
     report_path: Path
     report: dict[str, Any]
-    """num_read, num_written, num_rejected, rejected_by_reason, count, wall_s, the first rejects."""
+    """num_read, num_written, num_rejected, rejected_by_reason, warnings, count, wall_s, the first rejects."""
 
     @property
     def count(self) -> int:
@@ -112,7 +129,7 @@ class IndexResult(StageResult):
             f"index: {r['num_written']} of {r['num_read']} examples written to {self.collection} "
             f"({r['count']} in the collection), rejected {r['rejected_by_reason'] or 0}, {r['wall_s']} s"
         )
-        return "\n".join([head, StageResult.summary(self)])
+        return "\n".join([head, *r.get("warnings", []), StageResult.summary(self)])
 
 
 def world_inputs(world: str | Path) -> tuple[list[InputSpec], list[str]]:
@@ -145,59 +162,48 @@ def _load_cot(paths: list[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def options_and_answer(rec: dict[str, Any]) -> tuple[list[str], int]:
-    if "opa" in rec:  # MedMCQA: opa..opd, cop 1-based
-        options = [rec.get(k) for k in ("opa", "opb", "opc", "opd") if rec.get(k) is not None]
-        return [str(o) for o in options], int(rec["cop"]) - 1
-    options = rec.get("options")
-    if isinstance(options, dict):  # MedQA: {"A": ..}, answer_idx letter
-        keys = sorted(options)
-        return [str(options[k]) for k in keys], keys.index(str(rec["answer_idx"]))
-    if isinstance(options, list):
-        return [str(o) for o in options], int(rec["answer_index"])
-    raise ValueError("bad_options")
-
-
-def normalize_record(
-    rec: Any, *, fallback_id: str, source: str, cot: dict[str, tuple[str, str]], require_explanation: bool
+def normalize_question(
+    q: Question, *, source: str, cot: dict[str, tuple[str, str]], require_explanation: bool
 ) -> tuple[dict[str, Any] | None, str]:
-    """A store row from one record, or ``(None, reason)``."""
-    if not isinstance(rec, dict):
-        return None, "not_an_object"
-    question = str(rec.get("question") or "").strip()
-    if not question:
-        return None, "missing_question"
-    try:
-        options, answer_index = options_and_answer(rec)
-    except (KeyError, ValueError, TypeError):
-        return None, "bad_options_or_answer"
-    if len(options) < 2 or not 0 <= answer_index < len(options):
-        return None, "bad_options_or_answer"
-    qid = str(rec.get("id") or fallback_id)
-    explanation = str(rec.get("explanation") or rec.get("exp") or "").strip()
-    if not explanation and qid in cot:
-        reasoning, final = cot[qid]
-        if final.strip().rstrip(".") != options[answer_index].strip().rstrip("."):
-            return None, "cot_answer_mismatch"
-        explanation = reasoning
+    """A store row from one labelled question, or ``(None, reason)``."""
+    explanation = q.explanation or ""
+    if not explanation:
+        found = cot.get(q.id) or cot.get(str(q.meta.get("native_id")))
+        if found:
+            reasoning, final = found
+            if final.strip().rstrip(".") != q.answer.strip().rstrip("."):
+                return None, "cot_answer_mismatch"
+            explanation = reasoning
     if require_explanation and not explanation:
         return None, "no_explanation"
-    if len(question) > MAX_TEXT_CHARS or len(explanation) > MAX_TEXT_CHARS:
+    if len(q.stem) > MAX_TEXT_CHARS or len(explanation) > MAX_TEXT_CHARS:
         return None, "too_long"
     row = {
-        "id": qid,
-        "question": question,
-        "options": json.dumps(options),
-        "answer_index": answer_index,
+        "id": q.id,
+        "question": q.stem,
+        "options": json.dumps(list(q.options)),
+        "answer_index": q.answer_index,
         "explanation": explanation,
         "source": source,
-        "text": embedding_text(question, options),
+        "text": embedding_text(q.stem, list(q.options)),
     }
     return row, ""
 
 
+def _reject(path: Path, at: str, reason: str, *, qid: str | None = None, detail: str = "") -> dict[str, Any]:
+    return {"path": str(path), "at": at, "id": qid, "reason": reason, "detail": detail}
+
+
 def load_examples(cfg: IndexConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Normalized rows and rejects (``{path, line, id, reason}``) of every input."""
+    """Normalized rows and rejects (``{path, at, id, reason, detail}``) of every input.
+
+    A missing file, a file without a usable row or without any answer is a ``ValueError`` (one line).
+    """
+    rows, rejects, _ = _load(cfg)
+    return rows, rejects
+
+
+def _load(cfg: IndexConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     inputs, sft = list(cfg.inputs), list(cfg.sft_cot)
     if cfg.world:
         more_inputs, more_sft = world_inputs(cfg.world)
@@ -205,43 +211,27 @@ def load_examples(cfg: IndexConfig) -> tuple[list[dict[str, Any]], list[dict[str
     cot = _load_cot(sft)
     rows: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
+    warnings: list[str] = []
     seen: set[str] = set()
     for spec in inputs:
         path = Path(spec.path)
-        if not path.is_file():
-            raise ValueError(f"input {spec.path!r} does not exist")
         source = spec.source or path.parent.name
-        for num, rec in _records(path):
-            if isinstance(rec, Exception):
-                rejects.append({"path": str(path), "line": num, "id": None, "reason": "bad_json"})
-                continue
-            row, reason = normalize_record(
-                rec,
-                fallback_id=f"{source}-{path.stem}-{num}",
-                source=source,
-                cot=cot,
-                require_explanation=cfg.require_explanation,
+        questions = read_questions(path, benchmark=spec.benchmark or None, cop_base=spec.cop_base)
+        questions = questions.require_answers(purpose="the Medprompt index (an example needs its answer)")
+        warnings += questions.warnings
+        rejects += [_reject(path, s.locator, s.reason, detail=s.detail) for s in questions.skipped]
+        for q in questions:
+            row, reason = normalize_question(
+                q, source=source, cot=cot, require_explanation=cfg.require_explanation
             )
             if row is not None and row["id"] in seen:
                 row, reason = None, "duplicate_id"
             if row is None:
-                rid = rec.get("id") if isinstance(rec, dict) else None
-                rejects.append({"path": str(path), "line": num, "id": rid, "reason": reason})
+                rejects.append(_reject(path, q.meta.get("locator", ""), reason, qid=q.id))
                 continue
             seen.add(row["id"])
             rows.append(row)
-    return rows, rejects
-
-
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for num, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield num, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield num, exc
+    return rows, rejects, warnings
 
 
 def build_index(cfg: IndexConfig) -> IndexResult:
@@ -255,7 +245,7 @@ def build_index(cfg: IndexConfig) -> IndexResult:
     from clinray.retrieval.milvus_store import MilvusExampleStore
 
     start = time.perf_counter()
-    rows, rejects = load_examples(cfg)
+    rows, rejects, warnings = _load(cfg)
     store = MilvusExampleStore(cfg.store)
     store.ensure_collection(drop=cfg.drop_existing)
     num_written = 0
@@ -278,6 +268,7 @@ def build_index(cfg: IndexConfig) -> IndexResult:
         "num_written": num_written,
         "num_rejected": len(rejects),
         "rejected_by_reason": dict(Counter(r["reason"] for r in rejects)),
+        "warnings": warnings,
         "count": store.count(),
         "wall_s": round(time.perf_counter() - start, 3),
         "rejects": rejects[:_MAX_REJECTS_LISTED],
@@ -286,7 +277,7 @@ def build_index(cfg: IndexConfig) -> IndexResult:
     path = Path(cfg.report) if cfg.report else _default_report_path(cfg.store)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    config_path = dump(cfg, path.with_name(f"{cfg.store.collection}_config.yaml"))
+    config_path = dump(cfg, _config_path(path))
     return IndexResult(
         uri=cfg.store.uri,
         collection=cfg.store.collection,
@@ -298,6 +289,14 @@ def build_index(cfg: IndexConfig) -> IndexResult:
 
 
 def _default_report_path(store: StoreConfig) -> Path:
+    """Beside a ``*.db`` store, named after it (two stores in one folder keep their own reports)."""
     if store.uri.endswith(".db"):
-        return Path(store.uri).with_name(f"{store.collection}_report.json")
+        db = Path(store.uri)
+        return db.with_name(f"{db.stem}.{store.collection}_report.json")
     return Path("runs/index") / f"{store.collection}_report.json"
+
+
+def _config_path(report: Path) -> Path:
+    """The resolved config beside the report: ``<name>_report.json`` -> ``<name>_config.yaml``."""
+    name = report.name.removesuffix("_report.json") if report.name.endswith("_report.json") else report.stem
+    return report.with_name(f"{name}_config.yaml")

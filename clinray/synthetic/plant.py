@@ -144,5 +144,10 @@ def corrupt_binary(rng: random.Random) -> bytes:
 
 
 def corrupt_non_utf8(text: str) -> bytes:
-    """Latin-1 bytes (``é`` as 0xE9), which are not valid UTF-8."""
-    return ("Résumé des recommandations thérapeutiques. " + text).encode("latin-1", errors="replace")
+    """UTF-8 text with every 20th byte set to 0xFF: far more invalid bytes than a reader keeps.
+
+    (A Latin-1 file is no longer corrupt: the readers detect its encoding and keep it.)
+    """
+    data = bytearray(("Résumé des recommandations thérapeutiques. " + text).encode("utf-8"))
+    data[::20] = b"\xff" * len(data[::20])
+    return bytes(data)

@@ -5,21 +5,21 @@ conditions, mechanisms, findings, tests) of other facts of the same half (train 
 frequency cannot give the answer away. Train facts get the training questions (MedQA train,
 MedMCQA train, MMLU dev) and the SFT samples; test facts get the evaluation questions (MedQA test,
 MedMCQA dev, MMLU test, PubMedQA). Writing the native layouts (rather than one clinray format) lets the
-evaluation code be tested on exactly the parsing it will do on the real files.
+evaluation code be tested on exactly the parsing it will do on the real files; the files are written
+by :mod:`clinray.qa`'s writers and the manifest's question ids are its stable ids, so the world cannot
+drift from what evaluation, decontamination and the index read.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 from pathlib import Path
 
 from clinray.models.chat_template import MCQ_SYSTEM_PROMPT, format_mcq, mcq_answer
+from clinray.qa import PUBMEDQA_CHOICES, Question, format_medmcqa, format_medqa, format_mmlu, format_pubmedqa
 from clinray.synthetic.kb import Fact, _cap, explanation
 
-LETTERS = "ABCDE"
 MMLU_SUBJECTS = (
     "anatomy",
     "clinical_knowledge",
@@ -97,88 +97,92 @@ class QuestionWriter:
         self.stems: dict[str, str] = {}
         self.files: dict[str, str] = {}
 
-    def _entry(self, qid: str, benchmark: str, split: str, fact: Fact, question: str, answer: str) -> None:
-        # ``split`` is the fact's half (train/test), whatever the file's own split name (dev, ...)
+    def _entry(self, q: Question, fact: Fact) -> None:
+        # ``id`` is the question's clinray.qa id (what evaluation and decontamination report); ``split``
+        # is the fact's half (train/test), whatever the file's own split name (dev, ori_pqal, ...)
         self.entries.append(
             {
-                "id": qid,
-                "benchmark": benchmark,
+                "id": q.id,
+                "benchmark": q.benchmark,
                 "split": fact.split,
                 "fact_id": fact.fact_id,
-                "answer": answer,
-                "question": question,
+                "answer": q.answer,
+                "question": q.stem,
             }
         )
-        self.stems[qid] = question
+        self.stems[q.id] = q.stem
 
-    def _medqa(self, split: str, facts: list[Fact]) -> tuple[list[str], list[str]]:
+    def _medqa(self, split: str, facts: list[Fact]) -> tuple[list[Question], list[Question]]:
         four, five = [], []
         for n, fact in enumerate(facts):
             stem = _vignette(fact, self.rng)
             for bench, k, out in (("medqa", 4, four), ("medqa_5", 5, five)):
                 options, idx = _options(self.rng, fact.drug, self.pools[fact.split]["drug"], k)
-                qid = f"{bench}-{split}-{n:04d}"
-                out.append(
-                    json.dumps(
-                        {
-                            "question": stem,
-                            "answer": fact.drug,
-                            "options": dict(zip(LETTERS, options, strict=False)),
-                            "meta_info": "step1",
-                            "answer_idx": LETTERS[idx],
-                            "id": qid,
-                        }
-                    )
+                native = f"{bench}-{split}-{n:04d}"
+                q = Question.create(
+                    benchmark=bench,
+                    split=split,
+                    native=native,
+                    stem=stem,
+                    options=options,
+                    answer_index=idx,
+                    meta={"meta_info": "step1"},
                 )
-                self._entry(qid, bench, split, fact, stem, fact.drug)
+                out.append(q)
+                self._entry(q, fact)
                 if bench == "medqa" and split == "train":
-                    self._sft(qid, "medqa", fact, stem, options, cot=n % 3 == 0)
+                    self._sft(native, "medqa", fact, stem, options, cot=n % 3 == 0)
         return four, five
 
-    def _medmcqa(self, split: str, facts: list[Fact]) -> list[str]:
-        lines = []
+    def _medmcqa(self, split: str, facts: list[Fact]) -> list[Question]:
+        questions = []
         for n, fact in enumerate(facts):
             stem = f"{fact.drug} is used in the treatment of:"
             options, idx = _options(self.rng, fact.condition, self.pools[fact.split]["condition"], 4)
-            qid = f"medmcqa-{split}-{n:04d}"
-            record = {
-                "id": qid,
-                "question": stem,
-                "opa": options[0],
-                "opb": options[1],
-                "opc": options[2],
-                "opd": options[3],
-                "cop": idx + 1,
-                "exp": explanation(fact),
-                "subject_name": "Pharmacology",
-                "topic_name": "Invented drugs",
-                "choice_type": "single",
-            }
-            lines.append(json.dumps(record))
-            self._entry(qid, "medmcqa", split, fact, stem, fact.condition)
+            native = f"medmcqa-{split}-{n:04d}"
+            q = Question.create(
+                benchmark="medmcqa",
+                split=split,
+                native=native,
+                stem=stem,
+                options=options,
+                answer_index=idx,
+                explanation=explanation(fact),
+                meta={
+                    "subject_name": "Pharmacology",
+                    "topic_name": "Invented drugs",
+                    "choice_type": "single",
+                },
+            )
+            questions.append(q)
+            self._entry(q, fact)
             if split == "train":
-                self._sft(qid, "medmcqa", fact, stem, options, cot=n % 3 == 1)
-        return lines
+                self._sft(native, "medmcqa", fact, stem, options, cot=n % 3 == 1)
+        return questions
 
-    def _mmlu(self, split: str, facts: list[Fact]) -> dict[str, str]:
-        rows: dict[str, list[list[str]]] = {s: [] for s in MMLU_SUBJECTS}
+    def _mmlu(self, split: str, facts: list[Fact]) -> dict[str, list[Question]]:
+        rows: dict[str, list[Question]] = {s: [] for s in MMLU_SUBJECTS}
         for n, fact in enumerate(facts):
             subject = MMLU_SUBJECTS[n % len(MMLU_SUBJECTS)]
             stem, answer, kind = _mmlu_item(fact, subject, self.rng)
             options, idx = _options(self.rng, answer, self.pools[fact.split][kind], 4)
-            rows[subject].append([stem, *options, LETTERS[idx]])
-            self._entry(
-                f"mmlu-{split}-{subject}-{len(rows[subject]) - 1:04d}", "mmlu", split, fact, stem, answer
+            # MMLU rows have no id: clinray.qa numbers them by row, from 1
+            q = Question.create(
+                benchmark="mmlu",
+                split=split,
+                native=f"{subject}:{len(rows[subject]) + 1}",
+                stem=stem,
+                options=options,
+                answer_index=idx,
+                meta={"subject": subject},
+                own_id=False,
             )
-        out = {}
-        for subject, subject_rows in rows.items():
-            buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows(subject_rows)
-            out[subject] = buf.getvalue()
-        return out
+            rows[subject].append(q)
+            self._entry(q, fact)
+        return rows
 
-    def _pubmedqa(self, facts: list[Fact]) -> dict:
-        data = {}
+    def _pubmedqa(self, facts: list[Fact]) -> list[Question]:
+        questions = []
         for n, fact in enumerate(facts):
             pmid = str(41_000_000 + n)
             yes = n % 2 == 0
@@ -187,24 +191,30 @@ class QuestionWriter:
                 if yes
                 else self.rng.choice([c for c in self.pools[fact.split]["condition"] if c != fact.condition])
             )
-            question = f"Is {fact.drug} an effective treatment for {condition}?"
             decision = "yes" if yes else "no"
-            data[pmid] = {
-                "QUESTION": question,
-                "CONTEXTS": [
-                    f"{fact.drug} {fact.mechanism}.",
-                    f"We reviewed patients with {condition} seen in a tertiary clinic.",
-                ],
-                "LABELS": ["BACKGROUND", "METHODS"],
-                "MESHES": ["Invented drugs"],
-                "YEAR": "2021",
-                "reasoning_required_pred": decision,
-                "reasoning_free_pred": decision,
-                "final_decision": decision,
-                "LONG_ANSWER": f"{fact.drug} is used to treat {fact.condition}.",
-            }
-            self._entry(f"pubmedqa-{pmid}", "pubmedqa", "test", fact, question, decision)
-        return data
+            q = Question.create(
+                benchmark="pubmedqa",
+                split="ori_pqal",
+                native=pmid,
+                stem=f"Is {fact.drug} an effective treatment for {condition}?",
+                options=PUBMEDQA_CHOICES,
+                answer_index=PUBMEDQA_CHOICES.index(decision),
+                explanation=f"{fact.drug} is used to treat {fact.condition}.",
+                meta={
+                    "contexts": [
+                        f"{fact.drug} {fact.mechanism}.",
+                        f"We reviewed patients with {condition} seen in a tertiary clinic.",
+                    ],
+                    "LABELS": ["BACKGROUND", "METHODS"],
+                    "MESHES": ["Invented drugs"],
+                    "YEAR": "2021",
+                    "reasoning_required_pred": decision,
+                    "reasoning_free_pred": decision,
+                },
+            )
+            questions.append(q)
+            self._entry(q, fact)
+        return questions
 
     def _sft(self, qid: str, source: str, fact: Fact, stem: str, options: list[str], *, cot: bool) -> None:
         answer = fact.drug if source == "medqa" else fact.condition
@@ -227,15 +237,15 @@ class QuestionWriter:
         files: dict[str, str] = {}
         for split, facts in (("train", train), ("test", test)):
             four, five = self._medqa(split, facts)
-            files[f"questions/medqa/{split}.jsonl"] = "\n".join(four) + "\n"
-            files[f"questions/medqa_5/{split}.jsonl"] = "\n".join(five) + "\n"
+            files[f"questions/medqa/{split}.jsonl"] = format_medqa(four)
+            files[f"questions/medqa_5/{split}.jsonl"] = format_medqa(five)
         for split, facts in (("train", train), ("dev", test)):
-            files[f"questions/medmcqa/{split}.json"] = "\n".join(self._medmcqa(split, facts)) + "\n"
-        for subject, text in self._mmlu("dev", train[: 5 * len(MMLU_SUBJECTS)]).items():
-            files[f"questions/mmlu/dev/{subject}_dev.csv"] = text
-        for subject, text in self._mmlu("test", test).items():
-            files[f"questions/mmlu/test/{subject}_test.csv"] = text
-        files["questions/pubmedqa/ori_pqal.json"] = json.dumps(self._pubmedqa(test), indent=1) + "\n"
+            files[f"questions/medmcqa/{split}.json"] = format_medmcqa(self._medmcqa(split, facts))
+        for subject, qs in self._mmlu("dev", train[: 5 * len(MMLU_SUBJECTS)]).items():
+            files[f"questions/mmlu/dev/{subject}_dev.csv"] = format_mmlu(qs)
+        for subject, qs in self._mmlu("test", test).items():
+            files[f"questions/mmlu/test/{subject}_test.csv"] = format_mmlu(qs)
+        files["questions/pubmedqa/ori_pqal.json"] = format_pubmedqa(self._pubmedqa(test))
         for n, (prompt, reply) in enumerate(_GENERAL_INSTRUCTIONS):
             self.sft.append(
                 {

@@ -24,10 +24,10 @@ REASON_OF_KIND = {
     "bad_json_line": "bad_json",
 }
 
-#: This file checks the first half of the pipeline alone; near-dup, substring dedup and decontamination
-#: (appended after exact dedup) have their own tests.
-ISSUE_C_OFF_KEYS = ("minhash", "substring", "decontaminate")
-ISSUE_C_OFF = [f"{name}.enabled=false" for name in ISSUE_C_OFF_KEYS]
+#: This file checks the first half of the pipeline alone; the global stages after exact dedup (near-dup,
+#: substring dedup, decontamination) have their own tests (test_dedup_pack.py).
+GLOBAL_STAGE_KEYS = ("minhash", "substring", "decontaminate")
+GLOBAL_STAGES_OFF = [f"{name}.enabled=false" for name in GLOBAL_STAGE_KEYS]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,12 @@ def curated(ray_local, world_dir, tmp_path_factory):
     cfg = load(
         CurateConfig,
         "tiny/curate",
-        [f"input_root={world_dir / 'corpus'}", f"output.dir={out}", "output.overwrite=true", *ISSUE_C_OFF],
+        [
+            f"input_root={world_dir / 'corpus'}",
+            f"output.dir={out}",
+            "output.overwrite=true",
+            *GLOBAL_STAGES_OFF,
+        ],
     )
     result = run_curation(cfg)
     print(f"curation of the tiny world: {result.wall_s:.1f} s")
@@ -134,7 +139,7 @@ def test_actor_pool_parsers_and_pii_redaction(ray_local, tmp_path):
             "readers": {"compute": "actors", "concurrency": 1},
             "pii": {"mode": "redact"},
             "output": {"dir": str(tmp_path / "out"), "partition_cols": []},
-            **{name: {"enabled": False} for name in ISSUE_C_OFF_KEYS},
+            **{name: {"enabled": False} for name in GLOBAL_STAGE_KEYS},
         },
     )
     result = run_curation(cfg)
@@ -162,7 +167,7 @@ def test_row_stages_and_write_fuse_into_balanced_parse_calls(ray_local, world_di
             f"output.dir={tmp_path / 'out'}",
             "output.partition_cols=[]",
             "exact_dedup.enabled=false",
-            *ISSUE_C_OFF,
+            *GLOBAL_STAGES_OFF,
         ],
     )
     result = run_curation(cfg)
@@ -175,3 +180,34 @@ def test_row_stages_and_write_fuse_into_balanced_parse_calls(ray_local, world_di
     assert sum(pq.read_metadata(f).num_rows for f in files) == result.num_docs
     formats = [set(pq.read_table(f, columns=["format"]).column("format").to_pylist()) for f in files]
     assert all(len(kinds) >= 3 for kinds in formats), formats
+
+
+def test_stages_declare_their_columns_and_the_plan_checks_them_when_built(tmp_path):
+    """No Ray: build_stages checks every stage's columns against what parse provides, before any run."""
+    from clinray.config import from_dict
+    from clinray.data.pipeline import build_stages, stage_names
+
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "inputs": [{"glob": "*", "source": "notes"}],
+            "decontaminate": {"questions_root": str(tmp_path), "action": "flag"},
+            "output": {"dir": str(tmp_path / "out")},
+        },
+    )
+    stages = build_stages(cfg)
+    assert stage_names(stages) == [
+        "normalize",
+        "length_filter",
+        "pii_filter",
+        "exact_dedup",
+        "minhash",
+        "substring_400",
+        "substring_100",
+        "decontaminate",
+    ]
+    assert {s.names[0]: s.requires for s in stages}["decontaminate"] == ("text", "metadata")
+    with pytest.raises(ValueError, match=r"stage 'exact_dedup' needs the column\(s\) \['source'\]"):
+        build_stages(cfg, columns=["id", "text", "metadata"])
+    with pytest.raises(ValueError, match=r"stage 'decontaminate' needs the column\(s\) \['metadata'\]"):
+        build_stages(cfg, columns=["id", "text", "source"])

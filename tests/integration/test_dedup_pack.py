@@ -11,6 +11,7 @@ import pytest
 
 from clinray.config import load
 from clinray.data.blocks import block_files, read_block_manifest
+from clinray.data.decontaminate import parse_hits
 from clinray.data.pipeline import CurateConfig, run_curation
 from clinray.data.stage import read_rejects
 
@@ -90,9 +91,13 @@ def test_repeated_passages_removed_first_occurrence_kept(curated, world_manifest
         sum(s.extra.get("num_bytes_removed", 0) for s in passes)
         >= sum(p["num_bytes"] * (len(p["doc_ids"]) - 1) for p in world_manifest["repeated_passages"]) * 0.8
     )
+    for s in passes:  # the counter is the true difference: seams and normalization included
+        assert not s.dropped and s.num_bytes_in - s.num_bytes_out == s.extra.get("num_bytes_removed", 0), (
+            s.stage
+        )
 
 
-def test_contaminated_documents_caught_and_counted(curated, world_manifest):
+def test_contaminated_documents_caught_and_counted(curated, world_dir, world_manifest):
     result, docs, rejects = curated
     planted = {c["doc_id"] for c in world_manifest["contaminated"]}
     caught = {r["id"] for r in rejects if r["stage"] == "decontaminate"}
@@ -102,6 +107,31 @@ def test_contaminated_documents_caught_and_counted(curated, world_manifest):
         expected = len({c["doc_id"] for c in world_manifest["contaminated"] if c["benchmark"] == bench})
         assert extra[f"hits_{bench}"] == expected
     assert "decontaminate" in result.report_md.read_text()
+    # each removed document names, per benchmark, question ids that load_questions (and evaluation) use
+    questions = {}
+    for c in world_manifest["contaminated"]:
+        questions.setdefault(c["doc_id"], set()).add(c["benchmark"])
+    for r in rejects:
+        if r["stage"] == "decontaminate":
+            named = parse_hits(r["detail"])
+            assert questions[r["id"]] <= set(named), r["detail"]
+            for bench, qids in named.items():
+                assert set(qids) <= set(_question_ids(world_dir, bench)), r["detail"]
+    report = json.loads(result.report_json.read_text())["contamination"]
+    assert {b: e["num_docs"] for b, e in report.items()} == {
+        k[len("hits_") :]: v for k, v in extra.items() if k.startswith("hits_")
+    }
+    assert "## Contamination" in result.report_md.read_text()
+    # the index's own counts (zeros are left out of the stage details): no tiny-world 13-gram is template
+    assert extra["index_questions_medqa"] == 100 and "index_num_templates" not in extra
+    summary = json.loads((result.out_dir / "accounting/details/decontaminate_summary.json").read_text())
+    assert summary["rule"] == {"common_ngram_min_questions": 3, "min_distinct_ngrams": 2, "min_share": 0.25}
+
+
+def _question_ids(world_dir, bench: str) -> list[str]:
+    from clinray.data.decontaminate import load_questions
+
+    return [qid for qid, _ in load_questions(world_dir / "questions", bench)]
 
 
 def test_packed_blocks_have_context_length_and_manifest_counts(curated, tiny_model_dir, tmp_path):
@@ -145,6 +175,41 @@ def test_packed_blocks_have_context_length_and_manifest_counts(curated, tiny_mod
     ratio = plan["general"]["selected_tokens"] / plan["clinical"]["selected_tokens"]
     assert abs(ratio - 15 / 50) < 0.02
     assert json.loads((tmp_path / "blocks" / "manifest.json").read_text())["epochs"] == 4
+
+
+def test_real_pmc_articles_curated_without_seam_fragments(ray_local, shared_data, tmp_path):
+    """The three real PMC articles through the full curation: every word of the output is a whole word of
+    the article the readers parsed (a 40-byte pass besides the paper's two, to cut many more seams)."""
+    from clinray.config import from_dict
+    from clinray.data.normalize import normalize_document_text
+    from clinray.data.readers import InputSpec, ReadersConfig, parse_file
+    from clinray.data.text import word_tokens
+
+    spec = {"glob": "pmc/*.nxml", "source": "pmc", "domain": "clinical", "format": "jats"}
+    cfg = from_dict(
+        CurateConfig,
+        {
+            "input_root": str(shared_data),
+            "inputs": [spec],
+            "substring": {"thresholds": [400, 100, 40]},
+            "decontaminate": {"enabled": False},
+            "output": {"dir": str(tmp_path / "out"), "partition_cols": []},
+        },
+    )
+    result = run_curation(cfg)
+    assert result.problems == []
+    parsed = {
+        r["id"]: normalize_document_text(r["text"])
+        for p in sorted((shared_data / "pmc").glob("*.nxml"))
+        for r in parse_file(str(p), spec=InputSpec(**spec), cfg=ReadersConfig())
+    }
+    docs = {d["id"]: d["text"] for d in pq.read_table(result.docs_dir).to_pylist()}
+    assert set(docs) == set(parsed) and len(docs) == 3
+    removed = [result.stages[f"substring_{t}"].extra.get("num_bytes_removed", 0) for t in (400, 100, 40)]
+    assert removed[1] > 0 and removed[2] > 1000, removed
+    for doc_id, text in docs.items():
+        words = set(word_tokens(parsed[doc_id]))
+        assert set(word_tokens(text)) <= words, sorted(set(word_tokens(text)) - words)
 
 
 def test_global_stages_run_the_upstream_once(ray_local, tmp_path):

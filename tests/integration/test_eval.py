@@ -128,3 +128,76 @@ def test_checkpoint_sweep_plots_accuracy_against_tokens(ray_local, world_dir, ti
         .read_text()
         .startswith("checkpoint,step,tokens_seen,clinray_medqa_4")
     )
+
+
+def test_skipped_rows_reach_results_json_and_the_summary(ray_local, tiny_model_dir, tmp_path, caplog):
+    """A MedMCQA file with one malformed row: its count and reason on the driver, in results.json and notes."""
+    import logging
+
+    from clinray.config import load
+    from clinray.eval.config import EvalConfig
+    from clinray.eval.harness import run_eval
+
+    stems = [
+        "A 45-year-old man has crushing substernal chest pain radiating to the left arm for 30 minutes. "
+        "Which of the following drugs reduces mortality when given immediately?",
+        "A 23-year-old woman has fever, dysuria and flank pain. Her temperature is 39.2 C. Which of the "
+        "following is the most likely causal organism?",
+        "A 60-year-old woman has fatigue and a hemoglobin of 8.9 g/dL with an MCV of 112 fL. Which of the "
+        "following is the most likely deficiency?",
+    ]
+    options = [
+        ["Aspirin", "Nitroglycerin", "Morphine", "Furosemide"],
+        ["Escherichia coli", "Proteus mirabilis", "Klebsiella pneumoniae", "Enterococcus faecalis"],
+        ["Vitamin B12", "Iron", "Folate", "Vitamin B6"],
+    ]
+    rows = [
+        {"id": f"mm{i}", "question": s, **dict(zip(("opa", "opb", "opc", "opd"), o)), "cop": c}
+        for i, (s, o, c) in enumerate(zip(stems, options, [1, 4, 1]))
+    ]
+    rows.insert(1, {**rows[0], "id": "mm-bad", "cop": 9})  # the malformed row
+    data = tmp_path / "data"
+    (data / "medmcqa").mkdir(parents=True)
+    (data / "medmcqa" / "dev.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load(
+        EvalConfig,
+        None,
+        {
+            "models": {"tiny": str(tiny_model_dir)},
+            "tasks": ["clinray_medmcqa"],
+            "data_dir": str(data),
+            "out_dir": str(tmp_path / "eval"),
+            "device": "cpu",
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="clinray.eval.harness"):
+        result = run_eval(cfg)
+    assert result.results[0]["num_questions"]["clinray_medmcqa"] == 3
+    saved = json.loads(result.results_json.read_text())
+    report = saved["models"][0]["data"]["clinray_medmcqa"]
+    assert (
+        report["skipped_by_reason"] == {"bad_answer": 1} and report["skipped"][0]["locator"] == "dev.json:2"
+    )
+    line = "clinray_medmcqa: skipped 1 of 4 question rows"
+    assert any(n.startswith(line) for n in saved["notes"])
+    assert line in result.summary() and "bad_answer (first at dev.json:2" in result.summary()
+    assert line in caplog.text  # logged on the driver, not only in the Ray worker's log
+    assert line in result.table_md.read_text()
+    samples = (tmp_path / "eval/samples/tiny/clinray_medmcqa.jsonl").read_text().splitlines()
+    assert [json.loads(s)["id"] for s in samples] == ["medmcqa/dev/mm0", "medmcqa/dev/mm1", "medmcqa/dev/mm2"]
+    # a 5-option file where the 4-option task looks: one line naming clinray_medqa_5, no remote traceback
+    five = {"question": stems[0], "options": dict(zip("ABCDE", [*options[0], "Heparin"])), "answer_idx": "A"}
+    (data / "medqa").mkdir()
+    (data / "medqa" / "test.jsonl").write_text(json.dumps(five) + "\n")
+    bad = load(
+        EvalConfig, None, {**to_plain(cfg), "tasks": ["clinray_medqa_4"], "out_dir": str(tmp_path / "e2")}
+    )
+    with pytest.raises(ValueError, match="clinray_medqa_5") as err:
+        run_eval(bad)
+    assert "Traceback" not in str(err.value) and "\n" not in str(err.value)
+
+
+def to_plain(cfg) -> dict:
+    from clinray.config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k in ("models", "data_dir", "device")}

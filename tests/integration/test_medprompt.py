@@ -39,25 +39,12 @@ def world_store(world_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def test_items(world_dir) -> list[dict]:
-    import json
+    from clinray.qa import read_questions
 
-    from clinray.retrieval.build_index import options_and_answer
-
-    items = []
-    for line in (world_dir / "questions/medqa/test.jsonl").read_text().splitlines()[:1]:
-        rec = json.loads(line)
-        options, _ = options_and_answer(rec)
-        items.append({"id": rec["id"], "question": rec["question"], "options": options})
+    (test,) = read_questions(world_dir / "questions/medqa/test.jsonl").questions[:1]
     # a training question asked again: the leak guard must keep it out of its own examples
-    rec = json.loads((world_dir / "questions/medmcqa/train.json").read_text().splitlines()[0])
-    items.append(
-        {
-            "id": rec["id"],
-            "question": rec["question"],
-            "options": [rec[k] for k in ("opa", "opb", "opc", "opd")],
-        }
-    )
-    return items
+    (train,) = read_questions(world_dir / "questions/medmcqa/train.json").questions[:1]
+    return [{"id": q.id, "question": q.stem, "options": list(q.options)} for q in (test, train)]
 
 
 class CountingEngine:
@@ -102,7 +89,7 @@ def test_each_strategy_returns_an_answer(strategy, engine, world_store, test_ite
     if strategy == "static_fewshot_cot":  # the same examples for every question
         assert answers[0].runs[0].example_ids == answers[1].runs[0].example_ids
     if strategy == "knn_fewshot_cot":  # a MedMCQA question about the same drug is among the nearest
-        assert any(i.startswith("medmcqa-train") for i in answers[1].runs[0].example_ids)
+        assert any(i.startswith("medmcqa/train/") for i in answers[1].runs[0].example_ids)
 
 
 def test_score_mode_is_the_papers_likelihood_after_the_reasoning(engine, test_items):

@@ -167,20 +167,50 @@ def test_index_build_counts_rejects_and_rebuild_is_idempotent(ray_local, tmp_pat
     assert first.report["rejected_by_reason"] == {
         "cot_answer_mismatch": 1,
         "bad_json": 1,
-        "bad_options_or_answer": 1,
+        "bad_answer": 1,
     }
-    assert {(r["line"], r["reason"]) for r in first.report["rejects"]} >= {
-        (9, "bad_json"),
-        (8, "cot_answer_mismatch"),
+    assert {(r["at"], r["reason"]) for r in first.report["rejects"]} == {
+        ("train.jsonl:9", "bad_json"),
+        ("train.jsonl:10", "bad_answer"),
+        ("train.jsonl:8", "cot_answer_mismatch"),
     }
+    # named after the store file, so two stores in one folder keep their own report and config
+    assert first.report_path == tmp_path / "index.medprompt_examples_report.json"
+    assert first.config_path == tmp_path / "index.medprompt_examples_config.yaml"
     second = build_index(cfg)
     assert second.count == 8 and second.report["num_written"] == 8
     store = MilvusExampleStore(cfg.store)
     pool = store.all_examples()
     store.close()
-    by_id = {ex.id: ex for ex in pool}
-    assert by_id["mm0"].answer == "y" and by_id["mm0"].source == "medmcqa"
-    assert by_id["mq3"].explanation == "Because 3." and by_id["mq3"].answer_index == 3
+    by_id = {ex.id: ex for ex in pool}  # clinray.qa ids: {benchmark}/{split}/{native id}
+    assert by_id["medmcqa/train/mm0"].answer == "y" and by_id["medmcqa/train/mm0"].source == "medmcqa"
+    mq3 = by_id["medqa/train/mq3"]
+    assert mq3.explanation == "Because 3." and mq3.answer_index == 3
+
+
+def test_index_reports_of_two_stores_in_one_folder_do_not_collide(tmp_path):
+    from clinray.retrieval.build_index import _config_path, _default_report_path
+
+    a = _default_report_path(StoreConfig(uri=str(tmp_path / "a.db"), collection="ex"))
+    b = _default_report_path(StoreConfig(uri=str(tmp_path / "b.db"), collection="ex"))
+    assert (a.name, b.name) == ("a.ex_report.json", "b.ex_report.json")
+    assert (
+        _config_path(a).name == "a.ex_config.yaml"
+        and _config_path(tmp_path / "r.json").name == "r_config.yaml"
+    )
+
+
+def test_unlabelled_or_missing_index_input_is_a_one_line_error(tmp_path):
+    from clinray.retrieval.build_index import IndexConfig, InputSpec, load_examples
+
+    medqa = tmp_path / "medqa"
+    medqa.mkdir()
+    (medqa / "test.jsonl").write_text(json.dumps({"question": "Q?", "options": {"A": "a", "B": "b"}}) + "\n")
+    with pytest.raises(ValueError, match="has an answer") as err:
+        load_examples(IndexConfig(inputs=[InputSpec(path=str(medqa / "test.jsonl"))]))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="native layout"):
+        load_examples(IndexConfig(inputs=[InputSpec(path=str(medqa / "nope.jsonl"))]))
 
 
 def test_an_index_built_here_is_searched_from_another_process(embedder, tmp_path):

@@ -64,11 +64,12 @@ def test_mmlu_and_pubmedqa(data_dir, tmp_path):
     assert rows and all(len(r["options"]) == 4 for r in rows)
     pqa = _test_rows(utils.load_pubmedqa(test_file="pubmedqa/ori_pqal.json", data_dir=str(data_dir)))
     native = json.loads((data_dir / "pubmedqa/ori_pqal.json").read_text())
-    assert [r["id"] for r in pqa] == list(native)
+    assert [r["id"] for r in pqa] == [f"pubmedqa/ori_pqal/{pmid}" for pmid in native]  # clinray.qa ids
     assert all(r["options"] == ["yes", "no", "maybe"] for r in pqa)
-    assert pqa[0]["question"].endswith(native[pqa[0]["id"]]["QUESTION"])
+    first_pmid = pqa[0]["id"].rsplit("/", 1)[1]
+    assert pqa[0]["question"].endswith(native[first_pmid]["QUESTION"])
     ids = tmp_path / "test_ground_truth.json"
-    ids.write_text(json.dumps({pqa[1]["id"]: "yes"}))
+    ids.write_text(json.dumps({pqa[1]["id"].rsplit("/", 1)[1]: "yes"}))
     subset = _test_rows(
         utils.load_pubmedqa(
             test_file="pubmedqa/ori_pqal.json", test_ids_file=str(ids), data_dir=str(data_dir)
@@ -89,8 +90,8 @@ def test_malformed_rows_are_counted_not_fatal(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="clinray.eval.tasks"):
         rows = _test_rows(utils.load_medqa(test_file="q.jsonl", data_dir=str(tmp_path)))
     assert len(rows) == 1 and rows[0]["answer_index"] == 1
-    assert "skipped 3 malformed question rows" in caplog.text
-    assert "not JSON" in caplog.text and "missing 'options'" in caplog.text
+    assert "skipped 3 question rows" in caplog.text
+    assert "not JSON" in caplog.text and "bad_json" in caplog.text and "bad_options" in caplog.text
     (tmp_path / "bad.jsonl").write_text("{oops\n")
     with pytest.raises(ValueError, match="no valid question rows"):
         utils.load_medqa(test_file="bad.jsonl", data_dir=str(tmp_path))

@@ -165,3 +165,137 @@ def test_config_and_example_validation():
         MedpromptConfig(num_runs=0)
     with pytest.raises(ValueError, match="answer_index"):
         Example(id="x", question="q", options=("a", "b"), answer_index=2)
+
+
+# --- prompts longer than the model's window: whole examples dropped, farthest first ----------------
+
+
+class WordEngine:
+    """A fake engine with a small window whose tokens are whitespace-separated words."""
+
+    def __init__(self, window: int):
+        self.window, self.prompts = window, []
+
+    def max_prompt_tokens(self, *, max_new_tokens):
+        return self.window - max_new_tokens
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+    def generate(self, prompts, *, max_new_tokens, temperature=0.0, seed=None):
+        self.prompts.extend(prompts)
+        assert all(n <= self.window - max_new_tokens for n in self.count_tokens(prompts)), "over the window"
+        return ["Therefore, the correct answer is: B. Corvastin"] * len(prompts)
+
+    def score(self, context, continuations):
+        raise AssertionError("every run parses")
+
+
+def _long_example(i: int, num_words: int) -> Example:
+    reasoning = " ".join(f"finding{i}w{j}" for j in range(num_words))
+    return Example(
+        id=f"long{i}",
+        question=f"Which drug treats condition {i}?",
+        options=tuple(OPTIONS),
+        answer_index=1,
+        explanation=reasoning,
+    )
+
+
+def test_a_7000_token_knn_prompt_loses_whole_examples_least_similar_first():
+    from clinray.prompting import answer_question
+
+    pool = [_long_example(i, 1400) for i in range(5)]
+    scores = {f"long{i}": 0.5 + i / 10 for i in range(5)}  # long4 the most similar
+    retriever = ListRetriever(scores, pool)
+    full = build_prompt("Which drug?", OPTIONS, examples=pool)
+    assert len(full.split()) > 7000
+    engine = WordEngine(window=3000)
+    cfg = MedpromptConfig(strategy="knn_fewshot_cot", num_shots=5, max_new_tokens=64)
+    ans = answer_question("Which drug?", OPTIONS, engine=engine, config=cfg, retriever=retriever)
+    [run] = ans.runs
+    assert run.example_ids == ["long3", "long4"]  # the two most similar, most similar still last
+    assert (run.num_shots_used, run.num_shots_dropped, ans.num_shots_dropped) == (2, 3, 3)
+    assert run.prompt == build_prompt("Which drug?", OPTIONS, examples=[pool[3], pool[4]])  # no cut
+    assert run.num_prompt_tokens == len(run.prompt.split()) <= 3000 - 64
+    assert ans.to_dict()["runs"][0]["num_shots_dropped"] == 3
+
+
+def test_static_and_ensemble_prompts_fit_by_whole_examples():
+    from clinray.prompting import answer_question
+
+    pool = [_long_example(i, 1400) for i in range(8)]
+    drawn = static_examples(pool, k=5, seed=0)
+    engine = WordEngine(window=3000)
+    cfg = MedpromptConfig(strategy="static_fewshot_cot", num_shots=5, max_new_tokens=64)
+    [run] = answer_question("Which drug?", OPTIONS, engine=engine, config=cfg, pool=pool).runs
+    assert run.example_ids == [ex.id for ex in drawn[:2]]  # the last of the draw dropped first
+    assert run.num_shots_dropped == 3
+    scores = {ex.id: i / 10 for i, ex in enumerate(pool)}
+    cfg = MedpromptConfig(strategy="cot_ensemble", num_shots=5, max_new_tokens=64, num_runs=5)
+    ans = answer_question(
+        "Which drug?", OPTIONS, engine=engine, config=cfg, retriever=ListRetriever(scores, pool)
+    )
+    assert ans.num_shots_dropped == 15
+    for run in ans.runs:  # each run keeps the two most similar, in its own shuffled order
+        assert sorted(run.example_ids) == ["long6", "long7"] and run.num_shots_used == 2
+    assert len({tuple(r.example_ids) for r in ans.runs}) == 2
+    # a prompt that fits is left alone, and an engine without a window gets the prompt as built
+    short = [_example(i) for i in range(5)]
+    [run] = answer_question(
+        "Which drug?", OPTIONS, engine=engine, config=cfg.__class__(strategy="static_fewshot_cot"), pool=short
+    ).runs
+    assert (run.num_shots_used, run.num_shots_dropped) == (5, 0)
+
+
+def test_fit_examples_when_even_the_question_is_too_long():
+    from clinray.prompting.fit import fit_examples
+
+    examples = [_long_example(i, 50) for i in range(3)]
+    fitted = fit_examples(
+        lambda exs: build_prompt("word " * 500, OPTIONS, examples=exs),
+        examples,
+        drop_order=[0, 1, 2],
+        budget=100,
+        count=lambda texts: [len(t.split()) for t in texts],
+    )
+    assert fitted.examples == [] and fitted.num_dropped == 3 and fitted.num_tokens > 100
+
+
+def test_tiny_model_few_shot_prompt_over_the_window_is_cut_by_examples(tiny_model_dir, caplog):
+    """The tiny model's window is 1,024 tokens: a 7,000-token 5-shot prompt keeps whole examples only,
+    and neither the tokenizer's "indexing errors" warning nor the engine's left cut happens."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from clinray.engines.transformers_engine import TransformersEngine
+    from clinray.prompting import answer_question
+
+    engine = TransformersEngine(tiny_model_dir, device="cpu")
+    sentence = "The patient with chronic kidney disease was given a lower dose of the drug. "
+    pool = [
+        Example(
+            id=f"ex{i}",
+            question=f"A patient presents with condition {i}. Which drug is best?",
+            options=tuple(OPTIONS),
+            answer_index=i % 4,
+            explanation=sentence * (3 if i == 4 else 110),  # the most similar one is short
+        )
+        for i in range(5)
+    ]
+    retriever = ListRetriever({f"ex{i}": i / 10 for i in range(5)}, pool)
+    [full_tokens] = engine.count_tokens([build_prompt("Which drug?", OPTIONS, examples=pool)])
+    assert full_tokens > 7000 > engine.max_length
+    cfg = MedpromptConfig(strategy="knn_fewshot_cot", num_shots=5, max_new_tokens=8)
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            ans = answer_question("Which drug?", OPTIONS, engine=engine, config=cfg, retriever=retriever)
+    finally:
+        hf_logging.disable_propagation()
+    [run] = ans.runs
+    assert run.example_ids == ["ex4"] and run.num_shots_dropped == 4
+    assert run.num_prompt_tokens <= engine.max_length - 8
+    assert engine.num_truncated == 0
+    assert not [r for r in caplog.records if "indexing errors" in r.getMessage() or "cut" in r.getMessage()]

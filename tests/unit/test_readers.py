@@ -104,7 +104,10 @@ def test_a_50mb_single_line_is_rejected_without_holding_it(tmp_path):
         (b"", "empty_file"),
         (b"  \n\t\n", "empty_file"),
         (bytes(range(256)) * 40, "binary"),
-        ("Caf\u00e9 au lait, na\u00efve patients".encode("latin-1"), "not_utf8"),
+        (
+            bytes(b if i % 20 else 0xFF for i, b in enumerate("Caf\u00e9 cr\u00e8me, ".encode() * 30)),
+            "not_utf8",
+        ),
     ],
 )
 def test_text_rejects(tmp_path, content, reason):

@@ -5,7 +5,8 @@ holding the call's files) that :class:`ParseFiles` maps as Ray tasks (or a pool 
 becomes document rows or reject rows (reason in ``_reason``), the ``parse`` stage's accounting splits
 them, and the row stages that follow parsing run in the same call. No exception escapes a parser: anything unexpected
 is a ``parse_error`` reject with the exception text. Formats: ``jsonl``, ``parquet``, ``text``,
-``markdown``, ``html``, ``jats``, ``medline``, ``pdf``; gzip is detected from the magic bytes.
+``markdown``, ``html``, ``jats`` (also PMC ``.tar.gz`` packages), ``medline``, ``pdf``; gzip is detected
+from the magic bytes. Encodings: ``encoding``; PubMed update files: ``pubmed_updates``.
 
 Files are the unit of parallelism (the trade-off: one huge file is one task; split such shards
 upstream, as MEDLINE and SlimPajama already are).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import json
 import os
 import stat
 import time
@@ -101,6 +103,14 @@ class ReadersConfig:
     trafilatura's heuristics on pages that do not."""
     jats_captions: bool = False
     """JATS: append figure and table captions after the body."""
+    max_invalid_byte_share: float = 0.01
+    """Bytes invalid in a document's encoding (replaced with U+FFFD, counted in ``metadata.num_invalid_bytes``)
+    a document may hold, as a share of its bytes; above it the document is a ``not_utf8`` (or, for another
+    encoding, ``undecodable``) reject. 0 rejects any invalid byte."""
+    medline_updates: bool = True
+    """PubMed update files: apply ``<DeleteCitation>`` and later versions of a citation across the MEDLINE
+    files, in file order (inputs in order, then file name; a pre-pass scans them, see
+    ``clinray.data.readers.pubmed_updates``). Off: every citation of every file is kept."""
     compute: Literal["tasks", "actors"] = "tasks"
     """``tasks``: parsers run as Ray tasks, fused with the row stages that follow (no extra processes,
     least overhead); ``actors``: a pool of long-lived parser actors (pays off when parser set-up is
@@ -113,10 +123,16 @@ class ReadersConfig:
             )
         if self.max_line_bytes < 1024 or self.max_file_bytes < 1024:
             raise ValueError("readers.max_line_bytes and readers.max_file_bytes must be >= 1024")
+        if not 0 <= self.max_invalid_byte_share <= 1:
+            raise ValueError(
+                f"readers.max_invalid_byte_share is a share of a document's bytes, 0 to 1; got {self.max_invalid_byte_share}"
+            )
 
 
 def infer_format(path: str) -> str:
     """Format from the extension (``.gz`` ignored); ``.xml`` is sniffed; '' if unknown."""
+    if path.lower().endswith((".tar.gz", ".tgz", ".tar")):
+        return "jats"  # PMC Open Access packages: a tar of JATS articles
     name = path.removesuffix(".gz").removesuffix(".zst")
     ext = os.path.splitext(name)[1].lower()
     if ext == ".xml":
@@ -142,12 +158,19 @@ _READERS = {
 }
 
 
-def parse_file(path: str, *, spec: InputSpec, cfg: ReadersConfig) -> Iterator[dict]:
-    """Working-schema rows of one file: documents, and rejects with their reason. Never raises."""
+def parse_file(
+    path: str, *, spec: InputSpec, cfg: ReadersConfig, replaced: dict | None = None
+) -> Iterator[dict]:
+    """Working-schema rows of one file: documents, and rejects with their reason. Never raises.
+
+    ``replaced``: MEDLINE only, the PMIDs that later files delete or replace (``pubmed_updates``).
+    """
     fmt = spec.format if spec.format != "auto" else infer_format(path)
     try:
         if fmt == "markdown":
             yield from read_text(path, spec=spec, cfg=cfg, fmt="markdown")
+        elif fmt == "medline":
+            yield from read_medline(path, spec=spec, cfg=cfg, replaced=replaced)
         elif fmt in _READERS:
             yield from _READERS[fmt](path, spec=spec, cfg=cfg)
         else:
@@ -195,15 +218,18 @@ class ParseFiles:
 
     def __call__(self, batch):
         start = time.time()
-        files = [  # each row is one call's file group (see read_documents)
-            {"path": path, "spec": spec, "size": size}
+        files = [  # each row is one call's file group (see file_groups)
+            {"path": path, "spec": spec, "size": size, "replaced": replaced}
             for group in table_rows(batch)
-            for path, spec, size in zip(group["path"], group["spec"], group["size"], strict=True)
+            for path, spec, size, replaced in zip(
+                group["path"], group["spec"], group["size"], group["replaced"], strict=True
+            )
         ]
         rows, rejected_files, files_with_docs = [], 0, 0
         for item in files:
             spec = self.inputs[item["spec"]]
-            produced = list(parse_file(item["path"], spec=spec, cfg=self.cfg))
+            replaced = json.loads(item["replaced"]) if item["replaced"] else None
+            produced = list(parse_file(item["path"], spec=spec, cfg=self.cfg, replaced=replaced))
             if not produced:  # every file ends somewhere: kept documents or a reject
                 err = ReaderError("no_records", "the file holds no record")
                 produced = [reject_row(err, spec=spec, fmt=spec.format, path=item["path"])]
@@ -234,15 +260,46 @@ def files_per_call(files: list[dict], cfg: ReadersConfig) -> int:
     return max(1, min(10_000, -(-len(files) // num_calls)))
 
 
-def interleave(files: list[dict]) -> list[dict]:
-    """The file list in a fixed pseudo-random order (by a hash of the path).
+def interleave(files: list[dict], *, root: str | os.PathLike = "/") -> list[dict]:
+    """The file list in a fixed pseudo-random order (by a hash of the path relative to ``root``).
 
     ``expand_inputs`` lists files spec by spec, so consecutive files share a format, and formats differ
     tenfold in cost per byte (HTML extraction against plain text): batches cut from that order leave one
     worker with all the HTML while the other idles. Mixed batches cost about the same, so workers finish
-    together. The order is deterministic, so reruns batch the same way.
+    together. The order is deterministic and relative to the input root, so reruns batch the same way,
+    wherever the corpus lies.
     """
-    return sorted(files, key=lambda f: hashlib.blake2b(f["path"].encode(), digest_size=8).digest())
+
+    def key(f: dict) -> bytes:
+        return hashlib.blake2b(os.path.relpath(f["path"], root).encode(), digest_size=8).digest()
+
+    return sorted(files, key=key)
+
+
+def file_groups(inputs: list[InputSpec], cfg: ReadersConfig, *, root: str | os.PathLike) -> list[dict]:
+    """The parser calls: one row per call, its files as lists (``path``, ``spec``, ``size``, ``replaced``).
+
+    ``replaced`` is, per file, the JSON of the PMIDs that later PubMed files delete or replace ("" for
+    none; see :func:`clinray.data.readers.pubmed_updates.plan_updates`, the one pass before parsing).
+    """
+    from clinray.data.readers.pubmed_updates import plan_updates
+
+    files = expand_inputs(inputs, root=root)
+    if not files:
+        globs = [os.path.join(str(root), s.glob) for s in inputs]
+        raise ValueError(f"no input files matched {globs}; check input_root and the inputs' globs")
+    plan = plan_updates(files, inputs, concurrency=cfg.concurrency, enabled=cfg.medline_updates)
+    for f in files:
+        f["replaced"] = plan.get(f["path"], "")
+    files = interleave(files, root=root)
+    per_batch = cfg.files_per_batch or files_per_call(files, cfg)
+    # One row (and one block) per parser call, holding its files as lists: tens of thousands of files
+    # cost the driver a few dozen rows, and batch_size=None maps each block whole, so calls never
+    # straddle blocks (a straddling batch size leaves odd remainder calls).
+    return [
+        {key: [f[key] for f in files[i : i + per_batch]] for key in ("path", "spec", "size", "replaced")}
+        for i in range(0, len(files), per_batch)
+    ]
 
 
 def read_documents(
@@ -259,19 +316,7 @@ def read_documents(
     """
     import ray
 
-    files = expand_inputs(inputs, root=root)
-    if not files:
-        globs = [os.path.join(str(root), s.glob) for s in inputs]
-        raise ValueError(f"no input files matched {globs}; check input_root and the inputs' globs")
-    files = interleave(files)
-    per_batch = cfg.files_per_batch or files_per_call(files, cfg)
-    # One row (and one block) per parser call, holding its files as lists: tens of thousands of files
-    # cost the driver a few dozen rows, and batch_size=None below maps each block whole, so calls never
-    # straddle blocks (a straddling batch size leaves odd remainder calls).
-    groups = [
-        {key: [f[key] for f in files[i : i + per_batch]] for key in ("path", "spec", "size")}
-        for i in range(0, len(files), per_batch)
-    ]
+    groups = file_groups(inputs, cfg, root=root)
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
     kwargs = {"inputs": inputs, "cfg": cfg, "sink_root": str(sink_root), "then": list(then)}
     if cfg.compute == "actors":

@@ -1,4 +1,4 @@
-"""Byte-level input handling shared by the readers: gzip, size caps, binary and encoding checks.
+"""Byte-level input handling shared by the readers: gzip, size caps, binary checks (encodings: ``encoding``).
 
 Every failure becomes a :class:`ReaderError` carrying a stable ``reason`` (the key of the rejects
 table), never an exception that escapes a parser. Lines are read with a cap, so a 50 MB single line
@@ -36,6 +36,8 @@ _KNOWN_EXTS = {
     ".nxml",
     ".xml",
     ".pdf",
+    ".tar",
+    ".tgz",
 }
 _CONTROL_BYTES = bytes(range(0, 9)) + bytes(range(14, 32))
 
@@ -157,20 +159,6 @@ def check_binary(head: bytes) -> None:
     num_control = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
     if num_control / len(sample) > 0.05:
         raise ReaderError("binary", f"{num_control} control bytes in the first {len(sample)} bytes")
-
-
-def decode_text(data: bytes, *, what: str = "file") -> str:
-    """Strict UTF-8 (BOM allowed) after the empty and binary checks."""
-    if not data.strip():
-        raise ReaderError(
-            "empty_file", f"the {what} is empty" if not data else f"the {what} is only whitespace"
-        )
-    check_binary(data)
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        preview = data[max(0, exc.start - 40) : exc.start + 40].decode("utf-8", "replace")
-        raise ReaderError("not_utf8", f"{exc.reason} at byte {exc.start}", text=preview) from exc
 
 
 def iter_capped_lines(stream: BinaryIO, *, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:

@@ -13,6 +13,8 @@ Three settings of ``readers.html_extractor``:
   ``<main>`` and exactly one ``<article>``: HTML5's own markers of the main content), trafilatura for
   the rest. Clinical guideline and publisher sites are mostly the first kind, scraped pages without
   those markers the second. ``metadata.extractor`` records which one read each page.
+
+The page's encoding comes from its BOM or ``<meta charset>`` (else it is detected; see ``encoding``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from clinray.data.readers._io import ReaderError, decode_text, doc_row, file_stem, read_all, reject_row
+from clinray.data.readers._io import ReaderError, doc_row, file_stem, read_all, reject_row
+from clinray.data.readers.encoding import decode_document
 
 _BOILERPLATE_TAGS = (
     "script",
@@ -67,6 +70,8 @@ _BLOCK_TAGS = {
     "figcaption",
 }
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+#: An XHTML page's XML declaration: lxml refuses a decoded string that still names an encoding.
+_XML_DECL = re.compile(r"^\s*<\?xml\b[^>]*\?>")
 
 
 _CONTENT_MARKER = re.compile(r"<(main|article)[\s>]", re.IGNORECASE)
@@ -162,11 +167,15 @@ def extract_main_text(markup: str, *, extractor: str = "auto") -> tuple[str, str
 def read_html(path: str, *, spec, cfg) -> Iterator[dict]:
     doc_id = file_stem(path)
     try:
-        markup = decode_text(read_all(path, max_bytes=cfg.max_file_bytes))
+        data = read_all(path, max_bytes=cfg.max_file_bytes)
+        decoded = decode_document(data, kind="html", max_invalid_share=cfg.max_invalid_byte_share)
+        markup = decoded.text
+        if markup.lstrip()[:5] == "<?xml":
+            markup = _XML_DECL.sub("", markup, count=1)
         text, extractor = extract_main_text(markup, extractor=cfg.html_extractor)
         match = _TITLE.search(markup[:20000])
         title = " ".join(match.group(1).split()) if match else None
-        meta = {"title": title, "extractor": extractor}
+        meta = {"title": title, "extractor": extractor, **decoded.metadata()}
         yield doc_row(doc_id=doc_id, text=text, spec=spec, fmt="html", path=path, metadata=meta)
     except ReaderError as err:
         yield reject_row(err, spec=spec, fmt="html", path=path, doc_id=doc_id)

@@ -1,7 +1,8 @@
 """Record readers: JSONL (gzip transparent, line-capped) and Parquet, with configurable fields.
 
-A bad record (invalid JSON, not an object, no text, no id, a line past the cap) is one reject and the
-file goes on; a broken container (truncated gzip, unreadable Parquet) rejects the rest of the file
+A bad record (invalid JSON, not an object, no text, no id, a line past the cap, more bytes that are not
+UTF-8 than ``max_invalid_byte_share``) is one reject and the file goes on (a line with fewer is kept, its
+``metadata.num_invalid_bytes`` counting them); a broken container (truncated gzip, unreadable Parquet) rejects the rest of the file
 after the records already read, which stay. That keeps most of a large, slightly damaged shard.
 """
 
@@ -21,6 +22,7 @@ from clinray.data.readers._io import (
     open_stream,
     reject_row,
 )
+from clinray.data.readers.encoding import check_share, decode_counting
 
 try:  # orjson parses JSON lines several times faster; same results, same ValueError on bad input
     from orjson import loads as _loads
@@ -28,7 +30,7 @@ except ImportError:  # pragma: no cover
     _loads = json.loads
 
 
-def _record_to_row(obj, *, spec, fmt: str, path: str, locator: str) -> dict:
+def _record_to_row(obj, *, spec, fmt: str, path: str, locator: str, num_invalid_bytes: int = 0) -> dict:
     if not isinstance(obj, dict):
         raise ReaderError(
             "not_an_object", f"record is a {type(obj).__name__}, not an object", locator=locator
@@ -43,9 +45,31 @@ def _record_to_row(obj, *, spec, fmt: str, path: str, locator: str) -> dict:
     if doc_id is None or str(doc_id) == "":
         raise ReaderError("missing_id", f"no field {spec.id_field!r}", locator=locator, text=text[:200])
     meta = {k: v for k, v in obj.items() if k not in (spec.text_field, spec.id_field)}
+    if num_invalid_bytes:
+        meta["num_invalid_bytes"] = num_invalid_bytes
     return doc_row(
         doc_id=str(doc_id), text=text, spec=spec, fmt=fmt, path=path, locator=locator, metadata=meta
     )
+
+
+def _parse_line(line: bytes, *, locator: str, share: float):
+    """``(object, invalid bytes)`` of a JSON line; a line with a few bytes that are not UTF-8 is read with
+    them replaced (up to ``share`` of its bytes, else ``not_utf8``)."""
+    try:
+        return _loads(line), 0
+    except ValueError as exc:  # orjson (and json on bytes) say "UTF-8" for an encoding error
+        if not isinstance(exc, UnicodeDecodeError) and "utf-8" not in str(exc).lower():
+            text = line[:200].decode("utf-8", "replace")
+            raise ReaderError("bad_json", str(exc), locator=locator, text=text) from exc
+    text, num_invalid = decode_counting(line, "utf-8")
+    try:
+        check_share(num_invalid, len(line), encoding="utf-8", share=share, text=text)
+        return _loads(text), num_invalid
+    except ReaderError as err:
+        err.locator = locator
+        raise
+    except ValueError as exc:
+        raise ReaderError("bad_json", str(exc), locator=locator, text=text[:200]) from exc
 
 
 def read_jsonl(path: str, *, spec, cfg) -> Iterator[dict]:
@@ -62,15 +86,10 @@ def read_jsonl(path: str, *, spec, cfg) -> Iterator[dict]:
                         )
                     if not line.strip():
                         continue
-                    try:
-                        obj = _loads(line)
-                    except UnicodeDecodeError as exc:
-                        raise ReaderError("not_utf8", str(exc), locator=locator) from exc
-                    except ValueError as exc:
-                        text = line[:200].decode("utf-8", "replace")
-                        reason = "not_utf8" if "UTF-8" in str(exc) else "bad_json"  # orjson's wording
-                        raise ReaderError(reason, str(exc), locator=locator, text=text) from exc
-                    yield _record_to_row(obj, spec=spec, fmt="jsonl", path=path, locator=locator)
+                    obj, num_invalid = _parse_line(line, locator=locator, share=cfg.max_invalid_byte_share)
+                    yield _record_to_row(
+                        obj, spec=spec, fmt="jsonl", path=path, locator=locator, num_invalid_bytes=num_invalid
+                    )
                 except ReaderError as err:
                     yield reject_row(err, spec=spec, fmt="jsonl", path=path)
     except STREAM_ERRORS as exc:

@@ -1,7 +1,7 @@
 """Plain text and Markdown files: one document per file, id = file stem.
 
 Read in blocks with a line-length cap, so a file that is one 50 MB line is rejected (``line_too_long``)
-one block past the cap instead of being read whole. Markdown is kept as written (its markup is light
+one block past the cap instead of being read whole. The encoding is UTF-8 or detected (see ``encoding``). Markdown is kept as written (its markup is light
 and informative).
 """
 
@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from clinray.data.readers._io import (
     STREAM_ERRORS,
     ReaderError,
-    decode_text,
     doc_row,
     file_stem,
     gzip_error,
@@ -21,6 +20,7 @@ from clinray.data.readers._io import (
     read_capped_lines,
     reject_row,
 )
+from clinray.data.readers.encoding import decode_document
 
 _FIRST_LINE = re.compile(r"\S[^\r\n]*")
 
@@ -41,8 +41,8 @@ def read_text(path: str, *, spec, cfg, fmt: str = "text") -> Iterator[dict]:
                 )
         except STREAM_ERRORS as exc:
             raise (gzip_error(exc) or ReaderError("io_error", str(exc))) from exc
-        text = decode_text(data)
-        title = _first_line(text)
-        yield doc_row(doc_id=doc_id, text=text, spec=spec, fmt=fmt, path=path, metadata={"title": title})
+        decoded = decode_document(data, kind="text", max_invalid_share=cfg.max_invalid_byte_share)
+        meta = {"title": _first_line(decoded.text), **decoded.metadata()}
+        yield doc_row(doc_id=doc_id, text=decoded.text, spec=spec, fmt=fmt, path=path, metadata=meta)
     except ReaderError as err:
         yield reject_row(err, spec=spec, fmt=fmt, path=path, doc_id=doc_id)

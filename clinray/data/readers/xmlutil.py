@@ -27,11 +27,17 @@ def decode_named_entities(data: bytes) -> bytes:
     return _NAMED.sub(_numeric, data) if b"&" in data else data
 
 
-def safe_parser():
+def safe_parser(*, encoding: str | None = None):
+    """An offline parser (no DTD, no network, no entity expansion); ``encoding`` overrides the declaration."""
     from lxml import etree
 
     return etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True, recover=False
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=True,
+        recover=False,
+        encoding=encoding,
     )
 
 

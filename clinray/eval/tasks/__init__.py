@@ -3,6 +3,8 @@
 :func:`task_files` reads a task's YAML (following groups to their tasks) for the data file it loads
 relative to the data folder, so ``clinray eval`` can list every missing file before Ray and lm-eval start.
 Tasks that are not clinray's (lm-eval built-ins) read no local files and list none.
+:func:`record_load` / :func:`take_load_reports` carry what each load skipped from the loaders (run inside
+lm-eval, inside a Ray task) to the harness, which returns it to the driver.
 """
 
 from __future__ import annotations
@@ -42,3 +44,24 @@ def task_files(name: str) -> list[str]:
     if kwargs.get("subject"):  # MMLU: the original release layout
         return [f"mmlu/test/{kwargs['subject']}_test.csv"]
     return []
+
+
+# ----------------------------------------------------------------------------- what each load skipped
+
+#: Task name -> :meth:`clinray.qa.QuestionSet.report` of its last load in this process. lm-eval imports
+#: ``utils.py`` by file path (one module object per YAML), so the loaders record here, in a module every
+#: copy imports the same way; :func:`clinray.eval.harness.evaluate_model` takes the reports back to the
+#: driver.
+_LOADS: dict[str, dict] = {}
+
+
+def record_load(task: str, report: dict) -> None:
+    """Remember what loading ``task``'s questions read and skipped."""
+    _LOADS[task] = report
+
+
+def take_load_reports() -> dict[str, dict]:
+    """The reports recorded since the last call (and forget them)."""
+    out = dict(_LOADS)
+    _LOADS.clear()
+    return out

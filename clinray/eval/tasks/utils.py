@@ -10,31 +10,41 @@ the same YAML files work from lm-eval's own CLI and from ``clinray eval``:
   ``medqa/test.jsonl``) and ``paths: {task_name: file}`` in the metadata overrides one task's file.
 * ``use_hub: true`` in the metadata loads the task's ``hub_id`` with ``datasets.load_dataset`` instead.
 
-Every loader returns a ``DatasetDict`` with a ``test`` split of uniform rows ``{id, question, options,
-labels, answer_index}``; malformed rows are skipped with a logged warning that counts them by reason
-(an evaluation set with a broken row should be noticed, not crash a sweep). The trade-off: one loader
-function per dataset layout instead of lm-eval's ``dataset_path``/``data_files`` keys, in exchange for
-files in their native layouts and a data folder given once instead of in every YAML.
+Files are parsed by :mod:`clinray.qa` (the one owner of the layouts). Every loader returns a
+``DatasetDict`` with a ``test`` split of uniform rows ``{id, question, options, labels, answer_index}``
+whose ``id`` is the question's stable ``clinray.qa`` id (``medqa/test/<id>``), the id decontamination
+reports. Malformed and unlabelled rows are skipped, counted by reason, logged, and recorded with
+:func:`clinray.eval.tasks.record_load` so ``clinray eval`` shows them on the console, in
+``results.json`` and in the table's notes (an evaluation set with a broken row should be noticed, not
+crash a sweep); a file with no usable row is an error. The trade-off: one loader function per dataset
+layout instead of lm-eval's ``dataset_path``/``data_files`` keys, in exchange for files in their native
+layouts and a data folder given once instead of in every YAML.
 """
 
 from __future__ import annotations
 
-import collections
-import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from clinray.models.chat_template import ANSWER_PREFIX, mcq_prompt
+from clinray.qa import (
+    LETTERS,
+    QuestionSet,
+    from_records,
+    normalize_cop_base,
+    pubmedqa_from_mapping,
+    read_medmcqa,
+    read_medqa,
+    read_mmlu,
+    read_pubmedqa,
+    split_of,
+)
 
 log = logging.getLogger("clinray.eval.tasks")
 
 DATA_DIR_ENV = "CLINRAY_DATA_DIR"
-LETTERS = "ABCDEFGHIJ"
-PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 
 #: The 13 MMLU subjects of the paper (section 5).
 MMLU_MEDICAL_SUBJECTS = (
@@ -77,135 +87,6 @@ def doc_to_choice_letter(doc: dict) -> list[str]:
     return list(doc["labels"])
 
 
-# ----------------------------------------------------------------------------- row normalizers
-
-
-class BadRow(ValueError):
-    """A question row that cannot be evaluated; the message is the reason."""
-
-
-def _question(question: Any, options: list[str], answer_index: int, *, row_id: str) -> dict:
-    if not isinstance(question, str) or not question.strip():
-        raise BadRow("empty question")
-    if len(options) < 2:
-        raise BadRow("fewer than 2 options")
-    if any(not isinstance(o, str) or not o.strip() for o in options):
-        raise BadRow("empty option text")
-    if not 0 <= answer_index < len(options):
-        raise BadRow(f"answer index {answer_index} out of range for {len(options)} options")
-    return {
-        "id": str(row_id),
-        "question": question.strip(),
-        "options": [o.strip() for o in options],
-        "labels": list(LETTERS[: len(options)]),
-        "answer_index": int(answer_index),
-    }
-
-
-def medqa_row(row: dict, *, row_id: str) -> dict:
-    """MedQA / USMLE JSONL: ``question``, ``options`` {letter: text}, ``answer_idx`` (or ``answer``)."""
-    options = row.get("options")
-    if isinstance(options, list):  # some exports store [{"key": "A", "value": "..."}]
-        options = {o.get("key"): o.get("value") for o in options if isinstance(o, dict)}
-    if not isinstance(options, dict) or not options:
-        raise BadRow("missing 'options' mapping")
-    letters = sorted(k for k in options if isinstance(k, str))
-    texts = [options[k] for k in letters]
-    if row.get("answer_idx") in letters:
-        answer_index = letters.index(row["answer_idx"])
-    elif row.get("answer") in texts:
-        answer_index = texts.index(row["answer"])
-    else:
-        raise BadRow(f"answer_idx {row.get('answer_idx')!r} is not one of the option letters {letters}")
-    return _question(row.get("question"), texts, answer_index, row_id=row.get("id", row_id))
-
-
-def medmcqa_row(row: dict, *, row_id: str, cop_base: int) -> dict:
-    """MedMCQA: ``question``, ``opa``..``opd``, ``cop`` (1-based in the release files, 0-based on the hub)."""
-    try:
-        cop = int(row["cop"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BadRow(f"missing or non-integer 'cop' ({exc})") from None
-    options = [row.get(k) for k in ("opa", "opb", "opc", "opd")]
-    return _question(row.get("question"), options, cop - cop_base, row_id=row.get("id", row_id))
-
-
-def mmlu_row(row: list[str], *, row_id: str) -> dict:
-    """MMLU CSV (no header): question, A, B, C, D, answer letter."""
-    if len(row) != 6:
-        raise BadRow(f"expected 6 columns, got {len(row)}")
-    answer = row[5].strip()
-    if answer not in LETTERS[:4]:
-        raise BadRow(f"answer {answer!r} is not A-D")
-    return _question(row[0], row[1:5], LETTERS.index(answer), row_id=row_id)
-
-
-def pubmedqa_row(row: dict, *, row_id: str) -> dict:
-    """PubMedQA ``ori_pqal.json`` entry: QUESTION, CONTEXTS, final_decision (yes/no/maybe)."""
-    contexts = row.get("CONTEXTS") or []
-    decision = str(row.get("final_decision", "")).strip().lower()
-    if decision not in PUBMEDQA_CHOICES:
-        raise BadRow(f"final_decision {decision!r} is not yes/no/maybe")
-    question = row.get("QUESTION")
-    if not isinstance(question, str) or not question.strip():
-        raise BadRow("empty QUESTION")
-    text = "\n".join([*(c.strip() for c in contexts if isinstance(c, str)), question.strip()])
-    return _question(text, list(PUBMEDQA_CHOICES), PUBMEDQA_CHOICES.index(decision), row_id=row_id)
-
-
-# ----------------------------------------------------------------------------- file readers
-
-
-def read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
-    """Yield ``(locator, record)`` for each line; a line that is not JSON yields the error as record."""
-    with path.open(encoding="utf-8") as fh:
-        for num, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path.name}:{num}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield f"{path.name}:{num}", BadRow(f"not JSON ({exc.msg})")
-
-
-def read_json_records(path: Path) -> Iterable[tuple[str, Any]]:
-    """A JSON array, a ``{id: record}`` object, or one object per line (MedMCQA's release files)."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        yield from read_jsonl(path)
-        return
-    if isinstance(data, list):
-        yield from ((f"{path.name}[{i}]", r) for i, r in enumerate(data))
-    elif isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
-        yield from data.items()
-    else:
-        yield f"{path.name}", data
-
-
-def normalize_rows(records: Iterable[tuple[str, Any]], convert: Callable[..., dict], *, source: str) -> list:
-    """Convert records, skipping bad ones with one warning that counts them by reason."""
-    rows, bad = [], collections.Counter()
-    examples: dict[str, str] = {}
-    for locator, record in records:
-        try:
-            if isinstance(record, Exception):
-                raise record
-            rows.append(convert(record, row_id=locator))
-        except BadRow as exc:
-            bad[str(exc)] += 1
-            examples.setdefault(str(exc), locator)
-    if bad:
-        detail = "; ".join(f"{n} x {reason} (first at {examples[reason]})" for reason, n in bad.most_common())
-        log.warning("skipped %d malformed question rows in %s: %s", sum(bad.values()), source, detail)
-    if not rows:
-        raise ValueError(
-            f"no valid question rows in {source}; check the file's layout (see docs/evaluation.md)"
-        )
-    return rows
-
-
 # ----------------------------------------------------------------------------- loaders (custom_dataset)
 
 
@@ -231,25 +112,74 @@ def resolve_file(
     return path
 
 
+def task_name(config_source: str | None) -> str | None:
+    """The task a loader is called for: its YAML file's stem (lm-eval passes the path as ``config_source``)."""
+    return Path(config_source).stem if config_source else None
+
+
+def question_rows(questions: QuestionSet) -> list[dict]:
+    """lm-eval rows ``{id, question, options, labels, answer_index}`` (PubMedQA: abstract, then question)."""
+    return [
+        {
+            "id": q.id,
+            "question": q.text,
+            "options": list(q.options),
+            "labels": q.letters,
+            "answer_index": q.answer_index,
+        }
+        for q in questions
+    ]
+
+
+def _num_options_hint(benchmark: str, num_options: int) -> str:
+    if benchmark == "medqa" and num_options == 4:
+        return "5-option MedQA belongs in medqa_5/ and is evaluated by clinray_medqa_5"
+    if benchmark == "medqa_5" and num_options == 5:
+        return "4-option MedQA belongs in medqa/ and is evaluated by clinray_medqa_4"
+    return ""
+
+
+def finish(questions: QuestionSet, *, task: str | None, num_options: int | None = None):
+    """Questions a task can score, recorded for the harness and logged; lm-eval's ``DatasetDict``."""
+    from clinray.eval.tasks import record_load
+
+    name = task or questions.source
+    questions = questions.require_answers(purpose=f"evaluation (task {name})")
+    if num_options:
+        benchmark = questions.questions[0].benchmark
+        questions = questions.require_num_options(num_options, hint=_num_options_hint(benchmark, num_options))
+    if questions.skipped:
+        log.warning(
+            "skipped %d question rows in %s: %s",
+            len(questions.skipped),
+            questions.source,
+            questions.describe_skipped(),
+        )
+    for warning in questions.warnings:
+        log.warning("%s", warning)
+    record_load(name, {"task": name, **questions.report()})
+    return _dataset(question_rows(questions))
+
+
 def _dataset(rows: list[dict]):
     import datasets
 
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
-def _from_hub(hub_id: str | None, hub_name: str | None, hub_split: str, convert: Callable, **kw):
+def _hub_rows(hub_id: str | None, hub_name: str | None, hub_split: str) -> list[dict]:
     if not hub_id:
         raise ValueError("use_hub is set but this task has no hub_id in its dataset_kwargs")
     import datasets
 
-    ds = datasets.load_dataset(hub_id, hub_name, split=hub_split)
-    records = ((f"{hub_id}[{i}]", r) for i, r in enumerate(ds))
-    return _dataset(normalize_rows(records, convert, source=f"{hub_id}:{hub_split}"))
+    return list(datasets.load_dataset(hub_id, hub_name, split=hub_split))
 
 
 def load_medqa(
     *,
     test_file: str,
+    benchmark: str = "medqa",
+    num_options: int | None = None,
     data_dir=None,
     paths=None,
     config_source=None,
@@ -259,17 +189,24 @@ def load_medqa(
     hub_split="test",
     **_,
 ):
-    """MedQA / USMLE questions in MedQA's JSONL layout (any number of options)."""
+    """MedQA / USMLE questions in MedQA's JSONL layout; ``num_options`` (from the YAML) is enforced."""
     if use_hub:
-        return _from_hub(hub_id, hub_name, hub_split, medqa_row)
-    path = resolve_file(test_file, data_dir=data_dir, paths=paths, config_source=config_source)
-    return _dataset(normalize_rows(read_jsonl(path), medqa_row, source=str(path)))
+        records = _hub_rows(hub_id, hub_name, hub_split)
+        split = split_of(hub_split, benchmark)
+        questions = from_records(
+            records, layout="medqa", benchmark=benchmark, split=split, source=f"{hub_id}:{hub_split}"
+        )
+    else:
+        path = resolve_file(test_file, data_dir=data_dir, paths=paths, config_source=config_source)
+        questions = read_medqa(path, benchmark=benchmark)
+    return finish(questions, task=task_name(config_source), num_options=num_options)
 
 
 def load_medmcqa(
     *,
     test_file: str,
-    cop_base: int | None = None,
+    cop_base="auto",
+    medmcqa_cop_base="auto",
     data_dir=None,
     paths=None,
     config_source=None,
@@ -279,25 +216,27 @@ def load_medmcqa(
     hub_split="validation",
     **_,
 ):
-    """MedMCQA (validation split as test): release JSON (``cop`` 1-based) or Parquet (0-based)."""
+    """MedMCQA (validation split as test): release JSON or Parquet, ``cop``'s base detected.
+
+    ``cop_base`` (dataset_kwargs) or ``medmcqa_cop_base`` (metadata: ``clinray eval``'s ``cop_base``,
+    which wins) set it to 0 or 1 instead of ``auto``.
+    """
+    setting = medmcqa_cop_base if normalize_cop_base(medmcqa_cop_base) != "auto" else cop_base
+    normalize_cop_base(setting)
     if use_hub:
-        return _from_hub(hub_id, hub_name, hub_split, _medmcqa_converter(0 if cop_base is None else cop_base))
-    path = resolve_file(test_file, data_dir=data_dir, paths=paths, config_source=config_source)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        records = ((f"{path.name}[{i}]", r) for i, r in enumerate(pq.read_table(path).to_pylist()))
-        base = 0 if cop_base is None else cop_base
+        split = split_of(hub_split, "medmcqa")
+        questions = from_records(
+            _hub_rows(hub_id, hub_name, hub_split),
+            layout="medmcqa",
+            benchmark="medmcqa",
+            split=split,
+            source=f"{hub_id}:{hub_split}",
+            cop_base=setting,
+        )
     else:
-        records = read_json_records(path)
-        base = 1 if cop_base is None else cop_base
-    return _dataset(normalize_rows(records, _medmcqa_converter(base), source=str(path)))
-
-
-def _medmcqa_converter(cop_base: int) -> Callable[..., dict]:
-    if cop_base not in (0, 1):
-        raise ValueError(f"cop_base must be 0 (hub/Parquet) or 1 (release JSON files), got {cop_base!r}")
-    return lambda row, *, row_id: medmcqa_row(row, row_id=row_id, cop_base=cop_base)
+        path = resolve_file(test_file, data_dir=data_dir, paths=paths, config_source=config_source)
+        questions = read_medmcqa(path, cop_base=setting)
+    return finish(questions, task=task_name(config_source))
 
 
 def load_mmlu(
@@ -314,16 +253,23 @@ def load_mmlu(
 ):
     """One MMLU subject from ``mmlu/test/<subject>_test.csv`` (the original release layout)."""
     if use_hub:
-
-        def convert(row, *, row_id):
-            return mmlu_row([row["question"], *row["choices"], LETTERS[int(row["answer"])]], row_id=row_id)
-
-        return _from_hub(hub_id, subject, hub_split, convert)
-    default = test_file or f"mmlu/test/{subject}_test.csv"
-    path = resolve_file(default, data_dir=data_dir, paths=paths, config_source=config_source)
-    with path.open(encoding="utf-8", newline="") as fh:
-        records = [(f"{path.name}:{i}", row) for i, row in enumerate(csv.reader(fh), 1)]
-    return _dataset(normalize_rows(records, mmlu_row, source=str(path)))
+        rows = [
+            [r["question"], *r["choices"], LETTERS[int(r["answer"])]]
+            for r in _hub_rows(hub_id, subject, hub_split)
+        ]
+        questions = from_records(
+            rows,
+            layout="mmlu",
+            benchmark="mmlu",
+            split=hub_split,
+            source=f"{hub_id}:{subject}:{hub_split}",
+            subject=subject,
+        )
+    else:
+        default = test_file or f"mmlu/test/{subject}_test.csv"
+        path = resolve_file(default, data_dir=data_dir, paths=paths, config_source=config_source)
+        questions = read_mmlu(path, subject=subject)
+    return finish(questions, task=task_name(config_source))
 
 
 def load_pubmedqa(
@@ -340,22 +286,23 @@ def load_pubmedqa(
     **_,
 ):
     """PubMedQA's expert-labelled ``ori_pqal.json``; ``test_ids_file`` (``{pmid: label}``) selects a split."""
-    if use_hub:
-
-        def convert(row, *, row_id):
-            ctx = row.get("context") or {}
-            native = {
-                "QUESTION": row.get("question"),
-                "CONTEXTS": ctx.get("contexts", []),
-                "final_decision": row.get("final_decision"),
-            }
-            return pubmedqa_row(native, row_id=row.get("pubid", row_id))
-
-        return _from_hub(hub_id, hub_name, hub_split, convert)
-    path = resolve_file(test_file, data_dir=data_dir, paths=paths, config_source=config_source)
-    records = list(read_json_records(path))
+    ids = None
     if test_ids_file:
         ids_path = resolve_file(test_ids_file, data_dir=data_dir, paths=None, config_source=None)
-        wanted = set(json.loads(ids_path.read_text()))
-        records = [(k, r) for k, r in records if k in wanted]
-    return _dataset(normalize_rows(records, pubmedqa_row, source=str(path)))
+        ids = list(json.loads(ids_path.read_text(encoding="utf-8")))
+    if use_hub:
+        native = {
+            str(r.get("pubid")): {
+                "QUESTION": r.get("question"),
+                "CONTEXTS": (r.get("context") or {}).get("contexts", []),
+                "final_decision": r.get("final_decision"),
+                "LONG_ANSWER": r.get("long_answer"),
+            }
+            for r in _hub_rows(hub_id, hub_name, hub_split)
+        }
+        # pqa_labeled on the hub is the release's ori_pqal.json: the same split name, the same ids
+        questions = pubmedqa_from_mapping(native, source=f"{hub_id}:{hub_split}", split="ori_pqal", ids=ids)
+    else:
+        path = resolve_file(test_file, data_dir=data_dir, paths=paths, config_source=config_source)
+        questions = read_pubmedqa(path, ids=ids)
+    return finish(questions, task=task_name(config_source))
