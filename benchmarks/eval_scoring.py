@@ -82,7 +82,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from lm_eval.models.huggingface import HFLM
+    try:  # the peer is lm-eval's own model; the scorer's speed alone is in benchmarks/gpu_check.py
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise SystemExit(
+            "lm-eval is not installed (its hf model is this benchmark's peer): benchmarks/gpu_check.py "
+            "measures the prompt-once scorer's questions/s without it"
+        ) from None
 
     from clinray.eval.scorer import PrefixCachedLM
 

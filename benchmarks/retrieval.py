@@ -101,7 +101,8 @@ def bench_search(num_examples: int, num_queries: int, workdir: Path, *, index_ty
 def _tiny_setup(workdir: Path, *, max_positions: int = 2048):
     from clinray.models.tiny import TinyModelConfig, build_tiny_model
     from clinray.prompting.templates import Example
-    from clinray.retrieval.build_index import IndexConfig, load_examples, options_and_answer
+    from clinray.qa import read_questions
+    from clinray.retrieval.build_index import IndexConfig, load_examples
     from clinray.synthetic import generate_world
 
     world = workdir / "world"
@@ -124,10 +125,8 @@ def _tiny_setup(workdir: Path, *, max_positions: int = 2048):
         )
         for r in rows
     ]
-    items = []
-    for line in (world / "questions/medqa/test.jsonl").read_text().splitlines()[:4]:
-        rec = json.loads(line)
-        items.append({"id": rec["id"], "question": rec["question"], "options": options_and_answer(rec)[0]})
+    test = read_questions(world / "questions/medqa/test.jsonl").questions[:4]
+    items = [{"id": q.id, "question": q.stem, "options": list(q.options)} for q in test]
     return model, pool, items
 
 
@@ -237,14 +236,21 @@ def main() -> None:
     )
     p.add_argument("--device", default="cpu", help="ensemble part: cpu, cuda or auto (a GPU for the target)")
     p.add_argument("--model", default=None, help="ensemble part: a model folder instead of the tiny model")
+    p.add_argument(
+        "--skip-search",
+        action="store_true",
+        help="ensemble part only: no Milvus Lite needed (e.g. a GPU machine without pymilvus)",
+    )
     args = p.parse_args()
     num_examples, num_queries = (20_000, 100) if args.quick else (100_000, 300)
     index_types = ["FLAT"] if args.quick else ["FLAT", *args.extra_index]
     # full: MedpromptConfig's default max_new_tokens (256); quick: shorter, for a smoke test
     num_questions, max_new_tokens, repeats = (2, 128, 2) if args.quick else (4, 256, 3)
-    search: dict = {"milvus_lite": __import__("milvus_lite").__version__, "index_types": index_types}
+    search: dict = {"index_types": [] if args.skip_search else index_types}
+    if not args.skip_search:  # Milvus Lite only when searching: the ensemble part runs without it
+        search["milvus_lite"] = __import__("milvus_lite").__version__
     with tempfile.TemporaryDirectory() as tmp:
-        for index_type in index_types:
+        for index_type in search["index_types"]:
             print(f"[retrieval] {index_type}: {num_examples} stored, {num_queries} queries", file=sys.stderr)
             search.update(bench_search(num_examples, num_queries, Path(tmp), index_type=index_type))
             print(f"[retrieval] {search}", file=sys.stderr, flush=True)

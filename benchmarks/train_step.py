@@ -214,7 +214,7 @@ def _gpu_setup(work: Path, *, num_blocks: int, seq_len: int) -> tuple[Path, Path
     )
     with torch.device("cpu"):
         model = MistralForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(work / "model", safe_serialization=True)
+    model.save_pretrained(work / "model")
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 32000, size=(num_blocks, seq_len), dtype=np.int32)
     sources = np.where(rng.random(num_blocks) < 0.77, "clinical", "general")
@@ -232,11 +232,17 @@ def _gpu_setup(work: Path, *, num_blocks: int, seq_len: int) -> tuple[Path, Path
 
 
 def run_gpu(quick: bool, *, compile_: bool, micro: int, seq_len: int) -> dict:
-    import ray
     import torch
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA build of torch and a visible GPU")
+    try:  # this is the Ray Train path; benchmarks/gpu_check.py measures the same step without Ray
+        import ray
+    except ImportError:
+        raise SystemExit(
+            "--gpu runs the Ray Train loop and Ray is not installed: run benchmarks/gpu_check.py "
+            "(the same FSDP2 step and MFU through torch.distributed alone)"
+        ) from None
     global MICRO, SEQ_LEN
     MICRO, SEQ_LEN = micro, seq_len
     steps, warmup = (30, 10) if quick else (60, 20)

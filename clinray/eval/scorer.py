@@ -15,27 +15,54 @@ The trade-off: the cache is copied once per option (memory grows with options x 
 by ``max_options_per_batch``) to save recomputing the prompt; the gain is about the number of options
 when prompts dominate, as in MedQA. Requests longer than the model's window (or its sliding window)
 take ``hf``'s own left-truncating code path.
+
+lm-eval is imported only when the class is first used (``from clinray.eval.scorer import
+PrefixCachedLM``, :func:`register`, or this module imported after lm-eval, as the harness does), so
+importing the module costs nothing on a machine without lm-eval.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections import defaultdict
 
-from lm_eval.api.registry import register_model
-from lm_eval.models.huggingface import HFLM
-from tqdm import tqdm
-
 from clinray.models.scoring import chunk_requests, score_continuations
+
+__all__ = ["register"]  # and PrefixCachedLM, made on first access (module __getattr__)
 
 log = logging.getLogger(__name__)
 
 Request = tuple[tuple[str, str], list[int], list[int]]
 
 
-@register_model("clinray")
-class PrefixCachedLM(HFLM):
+def register() -> type:
+    """Define :class:`PrefixCachedLM` on lm-eval's ``HFLM`` and register it as ``clinray`` (once).
+
+    lm-eval is imported here, at the point of use, not when this module is imported: GPU machines
+    that score with :func:`clinray.models.scoring.score_continuations` alone need no lm-eval.
+    """
+    cls = globals().get("PrefixCachedLM")
+    if cls is None:
+        from lm_eval.api.registry import register_model
+        from lm_eval.models.huggingface import HFLM
+
+        cls = register_model("clinray")(
+            type("PrefixCachedLM", (_PrefixCachedMixin, HFLM), {"__module__": __name__})
+        )
+        cls.__doc__ = _PrefixCachedMixin.__doc__
+        globals()["PrefixCachedLM"] = cls
+    return cls
+
+
+def __getattr__(name: str):
+    if name == "PrefixCachedLM":  # ``from clinray.eval.scorer import PrefixCachedLM``
+        return register()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _PrefixCachedMixin:
     """lm-eval's ``hf`` model with prompt-once multiple-choice scoring (``--model clinray``).
 
     Args:
@@ -71,6 +98,8 @@ class PrefixCachedLM(HFLM):
         skip = set(fallback)
         todo = [(ctx, [i for i in idx if i not in skip]) for ctx, idx in groups.items()]
         todo = sorted((t for t in todo if t[1]), key=lambda t: -len(t[0]))  # longest first, as hf
+        from tqdm import tqdm
+
         pbar = tqdm(
             total=len(requests), disable=(disable_tqdm or self.rank != 0), desc="Scoring (prompt once)"
         )
@@ -113,7 +142,11 @@ class PrefixCachedLM(HFLM):
         return answers
 
 
+if "lm_eval" in sys.modules:  # lm-eval already loaded (the harness): ``--model clinray`` is ready at once
+    register()
+
 if __name__ == "__main__":  # lm-eval's own CLI with ``--model clinray`` registered
     from lm_eval.__main__ import cli_evaluate
 
+    register()
     cli_evaluate()

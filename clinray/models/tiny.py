@@ -166,7 +166,7 @@ def build_tiny_model(corpus: str | Path, out: str | Path, cfg: TinyModelConfig |
         pad_token_id=tokenizer.pad_token_id,
     )
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     (out / "clinray_tiny.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")

@@ -146,7 +146,13 @@ class FSDPSection:
     reduce_dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the gradient reduce-scatter (paper: bf16 training; fp32 reduction is the safe default)."""
     reshard_after_forward: bool = True
-    """ZeRO-3 style: free gathered parameters after forward (False trades memory for less communication)."""
+    """Decoder layers, ZeRO-3 style: free gathered parameters after forward (False trades memory for less
+    communication). The root (embeddings, final norm, LM head) keeps FSDP2's default, unsharded after
+    forward, since backward needs it at once."""
+    allow_tf32: bool = True
+    """CUDA with fp32 compute (``param_dtype: float32``): let fp32 matmuls use TF32 tensor cores
+    (``torch.set_float32_matmul_precision("high")``); MFU is then taken against the TF32 peak, else
+    against the plain fp32 one."""
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)

@@ -7,6 +7,14 @@ weights are read from the folder's safetensors on rank 0 only and broadcast into
 configuration without any rank holding a full copy in device memory. Parameters stay fp32 (master
 weights); ``MixedPrecisionPolicy`` computes in bf16 on GPU and reduces gradients in fp32. The trade-off
 against keeping bf16 parameters: 2x parameter memory in exchange for stable small updates at LR 7e-6.
+
+Sharding follows torchtitan: one device mesh for every ``fully_shard`` call; decoder layers reshard
+after forward (``fsdp.reshard_after_forward``) except the last, and the root (embeddings, final norm,
+LM head) keeps FSDP2's default of staying gathered, since backward needs it at once; 3-D (fused expert)
+weights are sharded on dimension 1 whenever their first dimension (the experts) cannot be split evenly
+over the ranks, so Mixtral's 8 experts over 80 ranks give every rank 1/80 of each expert rather than
+ranks 0-7 one whole expert each. A sliding window at least as long as the training blocks is dropped
+from the config, since it is then the plain causal mask, which SDPA runs without building a mask.
 """
 
 from __future__ import annotations
@@ -17,7 +25,14 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger(__name__)
-__all__ = ["resolve_param_dtype", "build_model", "load_full_state_dict", "decoder_layers"]
+__all__ = [
+    "resolve_param_dtype",
+    "build_model",
+    "load_full_state_dict",
+    "decoder_layers",
+    "fit_sliding_window",
+    "expert_placement_fn",
+]
 
 
 def resolve_param_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -46,7 +61,7 @@ def load_full_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ValueError(
-            f"no *.safetensors in {str(folder)!r}: export the model with safe_serialization=True"
+            f"no *.safetensors in {str(folder)!r}: save the model with save_pretrained (safetensors)"
         )
     state: dict[str, torch.Tensor] = {}
     for file in files:
@@ -87,15 +102,63 @@ def _rank0_state_dict(path: str, *, expected: set[str], tied: bool) -> dict[str,
     return full
 
 
-def build_model(model_cfg, fsdp_cfg, *, device: torch.device, mesh=None, seed: int = 0):
-    """Return the FSDP2-sharded model (weights loaded from ``model_cfg.path``) on ``device``."""
+def fit_sliding_window(hf_config, seq_len: int | None) -> bool:
+    """Drop ``sliding_window`` when ``seq_len`` fits in it (the mask is then exactly causal); True if dropped.
+
+    Mistral-7B-v0.1's 4096-token window over 4096-token blocks made transformers build a dense mask each
+    step (no flash kernel). Configs with per-layer ``layer_types`` (Gemma, Qwen) are left alone: their
+    sliding layers may differ in more than the mask (e.g. RoPE).
+    """
+    window = getattr(hf_config, "sliding_window", None)
+    if not seq_len or not window or seq_len > window:
+        return False
+    if "sliding_attention" in (getattr(hf_config, "layer_types", None) or ()):
+        return False
+    logger.info("seq_len %d <= sliding_window %d: training with full causal attention", seq_len, window)
+    hf_config.sliding_window = None
+    return True
+
+
+def expert_placement_fn(num_shards: int):
+    """``shard_placement_fn`` for ``fully_shard``: ``Shard(1)`` for 3-D weights whose first dimension
+    (Mixtral's fused experts) does not split evenly over ``num_shards`` ranks, else FSDP2's ``Shard(0)``.
+    """
+    from torch.distributed.tensor import Shard
+
+    def placement(param: torch.nn.Parameter):
+        if param.ndim == 3 and param.shape[0] % num_shards:
+            return Shard(1)
+        return None
+
+    return placement
+
+
+def build_model(
+    model_cfg,
+    fsdp_cfg,
+    *,
+    device: torch.device,
+    mesh=None,
+    seed: int = 0,
+    seq_len: int | None = None,
+    reshard_root: bool | None = None,
+):
+    """Return the FSDP2-sharded model (weights loaded from ``model_cfg.path``) on ``device``.
+
+    Args:
+        seq_len: the training block length (drops a sliding window it fits in; None keeps the config).
+        reshard_root: None leaves the root to FSDP2's default (gathered after forward); True is the
+            behaviour before it, kept for the check kit's comparison.
+    """
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoConfig, AutoModelForCausalLM
 
     hf_config = AutoConfig.from_pretrained(model_cfg.path)
     hf_config.use_cache = False
+    fit_sliding_window(hf_config, seq_len)
     torch.manual_seed(seed)
     init_device = torch.device("meta") if model_cfg.init_on_meta else torch.device("cpu")
     with init_device:
@@ -117,14 +180,19 @@ def build_model(model_cfg, fsdp_cfg, *, device: torch.device, mesh=None, seed: i
         if all_fp32
         else MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     )
+    mesh = mesh or init_device_mesh(device.type, (dist.get_world_size(),))
+    placement = expert_placement_fn(mesh.size())
     layers = decoder_layers(model)
     for i, layer in enumerate(layers):
         if model_cfg.compile:
             layer.compile()
         # the last layer's parameters are needed right away by backward: keep them gathered
         reshard = fsdp_cfg.reshard_after_forward and i < len(layers) - 1
-        fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=fsdp_cfg.reshard_after_forward)
+        fully_shard(
+            layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard, shard_placement_fn=placement
+        )
+    root = {} if reshard_root is None else {"reshard_after_forward": reshard_root}
+    fully_shard(model, mesh=mesh, mp_policy=policy, **root)
     if model_cfg.init_on_meta:
         model.to_empty(device=device)
         _reset_rotary_buffers(model, device)

@@ -7,6 +7,10 @@ the token blocks (``data.py``). Losses are summed per mixture source and all-red
 the general vs clinical curves of the paper's Figure 1 are exact token averages over all workers.
 Batches carry ``labels`` with -100 where no loss is taken, which is all SFT needs from the loss. The
 trade-off: one plain loop rather than a trainer framework, so every step is visible and resumable.
+
+The per-step pieces (model, optimizer, loss, step, FLOPs) are in :mod:`clinray.train.step` and import
+no Ray; here Ray is imported inside the functions that talk to Ray Train, so ``import
+clinray.train.loop`` works on a machine without Ray (``benchmarks/gpu_check.py``).
 """
 
 from __future__ import annotations
@@ -16,78 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from clinray.train.data import IGNORE_INDEX, DataPosition
+from clinray.train.data import DataPosition
+from clinray.train.step import SourceLoss, add_flops, agree, build_training, token_losses, train_step
 
 __all__ = ["train_loop_per_worker", "token_losses"]
-
-
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy per position (fp32) and the mask of positions that count."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    losses = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view_as(shift_labels)
-    return losses, shift_labels != IGNORE_INDEX
-
-
-def _optimizer(model, optim_cfg, *, device: torch.device):
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": optim_cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups,
-        lr=optim_cfg.max_lr,
-        betas=tuple(optim_cfg.betas),
-        eps=optim_cfg.eps,
-        fused=True,  # one kernel per parameter group on CPU and GPU (the transformers Trainer's default)
-    )
-
-
-class _SourceLoss:
-    """Loss sums and token counts per source since the last report, all-reduced on read."""
-
-    def __init__(self, sources: list[str], device: torch.device) -> None:
-        self.names = [*sources, "other"]
-        self.sums = torch.zeros(len(self.names), 2, dtype=torch.float64, device=device)
-
-    def add(self, losses: torch.Tensor, mask: torch.Tensor, source_id: torch.Tensor) -> None:
-        per_row = (losses * mask).sum(dim=1).double()
-        counts = mask.sum(dim=1).double()
-        self.sums[:, 0].index_add_(0, source_id, per_row)
-        self.sums[:, 1].index_add_(0, source_id, counts)
-
-    def read(self) -> dict[str, float | None]:
-        import torch.distributed as dist
-
-        totals = self.sums.clone()
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        self.sums.zero_()
-        out: dict[str, float | None] = {"loss": (totals[:, 0].sum() / totals[:, 1].sum().clamp(min=1)).item()}
-        for i, name in enumerate(self.names):
-            if name != "other" or totals[i, 1] > 0:
-                out[f"loss_{name}"] = (totals[i, 0] / totals[i, 1]).item() if totals[i, 1] > 0 else None
-        out["num_loss_tokens"] = int(totals[:, 1].sum().item())
-        return out
-
-
-def _agree(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is true on any (so all workers take the same branch)."""
-    import torch.distributed as dist
-
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def _setup(cfg, plan: dict):
@@ -102,13 +39,9 @@ def _setup(cfg, plan: dict):
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    torch.manual_seed(cfg.train.seed)
-    from clinray.train.fsdp import build_model
-    from clinray.train.schedule import build_scheduler
-
-    model = build_model(cfg.model, cfg.fsdp, device=device, seed=cfg.train.seed)
-    optimizer = _optimizer(model, cfg.optim, device=device)
-    scheduler = build_scheduler(optimizer, total_steps=plan["total_steps"], optim_cfg=cfg.optim)
+    model, optimizer, scheduler = build_training(
+        cfg, total_steps=plan["total_steps"], device=device, seq_len=plan["seq_len"]
+    )
     return rank, world, device, model, optimizer, scheduler
 
 
@@ -127,7 +60,7 @@ def _resume(model, optimizer, scheduler) -> dict:
 
 
 def _step_metrics(
-    tracker: _SourceLoss,
+    tracker: SourceLoss,
     *,
     step: int,
     state: dict,
@@ -163,40 +96,28 @@ def _progress_line(metrics: dict, *, total_steps: int) -> str:
     )
 
 
-def _add_flops(plan: dict, cfg, model, device: torch.device) -> None:
-    """FLOPs per token and (on a GPU from the table) the device's peak, for MFU."""
-    from clinray.train.fsdp import resolve_param_dtype
-    from clinray.train.metrics import flops_per_token, non_embedding_params, peak_flops
+def _direct_checkpoint_dir(name: str):
+    """``(folder in the run's storage, its filesystem)`` when DCP can write there itself, else None.
 
-    if not plan.get("peak_flops_per_device") and device.type == "cuda":
-        dtype = str(resolve_param_dtype(cfg.fsdp.param_dtype, device)).removeprefix("torch.")
-        plan["peak_flops_per_device"] = peak_flops(torch.cuda.get_device_name(device), dtype)
-    plan["flops_per_token"] = flops_per_token(
-        num_params=non_embedding_params(model),
-        num_layers=plan["num_layers"],
-        hidden_size=plan["hidden_size"],
-        seq_len=plan["seq_len"],
-    )
+    Ray Train V2 registers a checkpoint already in the run folder with ``CheckpointUploadMode.NO_UPLOAD``.
+    That needs the storage to be a filesystem path every worker sees (local or NFS, which Ray checks
+    with its marker file): DCP's ``FileSystemWriter`` writes plain files. For a URI (``s3://``) the
+    shards go through a local temporary folder and Ray's upload, as before.
+    """
+    import ray.train
 
+    try:
+        import pyarrow.fs
+        from ray.train.v2._internal.constants import VALIDATE_STORAGE_MARKER_FILENAME
 
-def _train_step(model, optimizer, scheduler, batches, tracker, *, accum: int, device, grad_clip: float):
-    """One optimizer step over ``accum`` micro-batches; return (data position after it, grad norm)."""
-    for _ in range(accum):
-        position, batch = next(batches)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"]).logits
-        losses, mask = token_losses(logits, batch["labels"])
-        # mean over this micro-batch's loss tokens; FSDP averages over workers (exact when counts are
-        # equal, as in pretraining; a per-micro-batch mean for SFT's uneven masks)
-        loss = (losses * mask).sum() / mask.sum().clamp(min=1) / accum
-        loss.backward()
-        tracker.add(losses.detach(), mask, batch["source_id"])
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return position, grad_norm
+        storage = ray.train.get_context().get_storage()  # a DeveloperAPI: fall back if it changes
+        local = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+        experiment = Path(storage.experiment_fs_path)
+    except (ImportError, AttributeError, NotImplementedError):
+        return None
+    if not local or not (experiment / VALIDATE_STORAGE_MARKER_FILENAME).exists():
+        return None
+    return Path(storage.build_checkpoint_path_from_name(name)), storage.storage_filesystem
 
 
 def _report(
@@ -216,6 +137,11 @@ def _report(
     """``ray.train.report``: with a sharded checkpoint when ``save``, metrics alone on the ``last`` step;
     and, when ``export``, an HF export.
 
+    The checkpoint is written by DCP straight into ``<run>/checkpoint_<step>`` when the storage is a
+    shared filesystem path, and registered without an upload (``NO_UPLOAD``); Ray registers it once
+    every worker has reported, so a crash mid-save still leaves the previous checkpoint as the one
+    ``get_checkpoint()`` returns. Otherwise each worker writes a local temporary folder that Ray uploads.
+
     Other log steps are not reported to Ray Train: Train V2 keeps only metrics attached to a checkpoint,
     and each ``report`` call waited on the controller's polling (1.3 s a call on the tiny CPU benchmark,
     more than five training steps: throughput went from 2,600 to 6,900 tokens/s without them). Rank 0
@@ -223,19 +149,32 @@ def _report(
     plots and the checkpoint sweep read.
     """
     import ray.train
-    from ray.train import Checkpoint
+    from ray.train import Checkpoint, CheckpointUploadMode
 
     from clinray.train.checkpoint import export_hf, save_sharded
 
     step = state["step"]
+    name = f"checkpoint_{step:07d}"
     if save:
-        folder = save_sharded(model, optimizer, scheduler, state=state, rank=rank)
-        ray.train.report(
-            metrics,
-            checkpoint=Checkpoint.from_directory(str(folder)),
-            checkpoint_dir_name=f"checkpoint_{step:07d}",
-            delete_local_checkpoint_after_upload=True,
+        direct = _direct_checkpoint_dir(name)
+        folder = save_sharded(
+            model, optimizer, scheduler, state=state, rank=rank, folder=direct[0] if direct else None
         )
+        if direct:
+            ray.train.report(
+                metrics,
+                checkpoint=Checkpoint(str(folder), filesystem=direct[1]),
+                checkpoint_dir_name=name,
+                checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+                delete_local_checkpoint_after_upload=False,
+            )
+        else:
+            ray.train.report(
+                metrics,
+                checkpoint=Checkpoint.from_directory(str(folder)),
+                checkpoint_dir_name=name,
+                delete_local_checkpoint_after_upload=True,
+            )
     elif last:
         ray.train.report(metrics)
     if export:
@@ -273,7 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
     plan = dict(config["plan"])
     run_dir = Path(plan["run_dir"])
     rank, world, device, model, optimizer, scheduler = _setup(cfg, plan)
-    _add_flops(plan, cfg, model, device)
+    add_flops(plan, cfg, model, device)
     state = _resume(model, optimizer, scheduler)
     writer = MetricsWriter(run_dir) if rank == 0 else None
     batches = iter_micro_batches(
@@ -286,7 +225,7 @@ def train_loop_per_worker(config: dict) -> None:
         shuffle_seed=cfg.data.shuffle_seed,
         shuffle_buffer_blocks=cfg.data.shuffle_buffer_blocks,
     )
-    tracker = _SourceLoss(cfg.data.sources, device)
+    tracker = SourceLoss(cfg.data.sources, device)
     total_steps, accum = plan["total_steps"], plan["grad_accum"]
     start = last_log = time.perf_counter()
     tokens_since_log = 0
@@ -294,7 +233,7 @@ def train_loop_per_worker(config: dict) -> None:
     last = step >= total_steps
     while step < total_steps:
         lr = scheduler.get_last_lr()[0]
-        position, grad_norm = _train_step(
+        position, grad_norm = train_step(
             model,
             optimizer,
             scheduler,
@@ -313,7 +252,7 @@ def train_loop_per_worker(config: dict) -> None:
             num_batches=position.num_batches,
         )
         out_of_time = cfg.train.max_time_s > 0 and time.perf_counter() - start > cfg.train.max_time_s
-        last = step == total_steps or (cfg.train.max_time_s > 0 and _agree(out_of_time, device))
+        last = step == total_steps or (cfg.train.max_time_s > 0 and agree(out_of_time, device))
         every = cfg.train.checkpoint_every
         final = last and cfg.train.save_final
         save = final or (every > 0 and step % every == 0)
