@@ -64,6 +64,19 @@ def head():
             f"--port={port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # every other port its own too: another Ray on this machine (the suite's) holds the defaults
+            *[
+                f"--{name}={_free_port()}"
+                for name in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "runtime-env-agent-port",
+                    "metrics-export-port",
+                    "ray-client-server-port",
+                    "node-manager-port",
+                    "object-manager-port",
+                )
+            ],
             "--include-dashboard=true",
             "--num-cpus=2",
             f"--temp-dir={temp}",
