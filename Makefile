@@ -29,9 +29,9 @@ demo: install
 test: install lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# unit-level tests only: no Ray cluster, nothing marked slow, no GPU (well under a minute on 2 cores)
+# unit tests only: no Ray cluster, nothing marked slow, no GPU (about 40 s on 2 cores)
 test-fast: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -m "not ray and not slow and not gpu" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest tests/unit -m "not ray and not slow and not gpu" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -84,7 +84,7 @@ def _ours(
     start = time.perf_counter()
     summary = run_pretrain(cfg)
     wall = time.perf_counter() - start
-    rows = [r for r in read_metrics(Path(summary["run_dir"]) / "metrics.jsonl") if r["step"] >= warmup]
+    rows = [r for r in read_metrics(Path(summary.run_dir) / "metrics.jsonl") if r["step"] >= warmup]
     # wall clock between the first report after warm-up and the last one: reporting (every 5 steps),
     # data loading and the per-source all-reduce included, as in the Trainer's step-to-step clock
     tokens = rows[-1]["tokens_seen"] - rows[0]["tokens_seen"]

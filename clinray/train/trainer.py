@@ -159,5 +159,7 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
         first=rows[0],
         last=rows[-1],
         config_path=config_path,
-        problems=[] if (hf_final / "config.json").is_file() else [f"no final HF export at {hf_final}"],
+        problems=[]
+        if (hf_final / "config.json").is_file() or not cfg.train.save_final
+        else [f"no final HF export at {hf_final}"],
     )

@@ -124,6 +124,7 @@ def test_gpu_only_paths_import_no_ray_lm_eval_or_milvus():
     )
 
 
+@pytest.mark.slow  # ~10 s: in `make test`, kept out of `make test-fast`
 def test_gpu_check_cpu_smoke_runs_without_ray(tmp_path):
     start = time.perf_counter()
     proc = subprocess.run(
