@@ -288,15 +288,12 @@ def _check_needs(chosen: list[Any], ctx: DemoContext, *, makers: dict[str, str])
 
 
 def _run_stages(chosen: list[Any], ctx: DemoContext) -> tuple[int, list[str]]:
-    """Run the chosen stages in order on a private local Ray cluster; stop at the first failure."""
-    import ray
+    """Run the chosen stages in order inside one ray_session(); stop at the first failure."""
+    from clinray.ray_session import ray_session
 
     run_dir = ctx.run_dir
-    own = not ray.is_initialized()  # a caller that started Ray (a notebook, a test) keeps it
-    if own:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     code, headlines = 0, []
-    try:
+    with ray_session():  # the caller's Ray, RAY_ADDRESS's cluster, or a private local one
         for i, module in enumerate(chosen, 1):
             label = f"[{i}/{len(chosen)}] {module.TITLE}"
             row = _run_stage(module, ctx, label)
@@ -308,7 +305,4 @@ def _run_stages(chosen: list[Any], ctx: DemoContext) -> tuple[int, list[str]]:
                 code = row["exit_code"]
                 break
             headlines += row["headline"]
-    finally:
-        if own:
-            ray.shutdown()
     return code, headlines

@@ -13,8 +13,8 @@ the CLI shortcut flags that turn into ``--set`` overrides. Every door runs the s
 4. exit 0 when the result is ok, 1 when it is not (e.g. accounting that does not balance), 2 on a user
    error, with one line naming it and no traceback.
 
-The trade-off: the library entries stay plain functions of a config (usable from a notebook with
-``ray.init()`` first); the doors add nothing but argument parsing, so they cannot drift apart.
+The trade-off: the library entries stay plain functions of a config (usable from a notebook inside
+``ray_session()``); the doors add nothing but argument parsing, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -243,12 +243,13 @@ def flag_overrides(job: Job, args: argparse.Namespace) -> list[str]:
     return [o for flag in job.flags for o in flag.overrides(getattr(args, _dest(flag), None))]
 
 
-def load_job_config(job: Job, config: str, overrides: list[str]) -> Any:
-    """Load and check a job's config without Ray: a ConfigError names every problem at once."""
-    from clinray.recipes import resolve_recipe
+def load_job_config(job: Job, config: str, overrides: list[str], *, check_inputs: bool = True) -> Any:
+    """Load and check a job's config without Ray: a ConfigError names every problem at once.
 
-    cfg = load(job.config_class(), resolve_recipe(config), overrides)
-    problems = cfg.check_inputs() if hasattr(cfg, "check_inputs") else []
+    ``check_inputs=False`` checks keys and values only (``clinray submit``: the inputs are the cluster's).
+    """
+    cfg = load(job.config_class(), config, overrides)
+    problems = cfg.check_inputs() if check_inputs and hasattr(cfg, "check_inputs") else []
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) with the inputs: " + "; ".join(problems))
     return cfg

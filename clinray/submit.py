@@ -91,14 +91,13 @@ def entrypoint(spec: SubmitSpec) -> str:
     """``PYTHON -m ray_jobs.<module> ARGS`` after checking the recipe's keys and values here."""
     import argparse
 
-    from clinray.config import load
-    from clinray.jobs import add_job_arguments, flag_overrides
+    from clinray.jobs import add_job_arguments, flag_overrides, load_job_config
 
     job = get_job(spec.job)
     parser = argparse.ArgumentParser(prog=f"clinray submit {job.command} --")
     add_job_arguments(parser, job)
     args = parser.parse_args(spec.job_args)
-    load(job.config_class(), args.config, [*args.overrides, *flag_overrides(job, args)])
+    load_job_config(job, args.config, [*args.overrides, *flag_overrides(job, args)], check_inputs=False)
     return shlex.join([spec.python, "-m", f"ray_jobs.{job.ray_job}", *spec.job_args])
 
 

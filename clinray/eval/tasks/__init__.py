@@ -9,6 +9,7 @@ lm-eval, inside a Ray task) to the harness, which returns it to the driver.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import yaml
@@ -23,12 +24,20 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def _task_yaml(name: str) -> dict | None:
-    for path in TASKS_DIR.glob("*.yaml"):
+@functools.cache
+def _task_index() -> dict[str, dict]:
+    """Every task and group YAML of this folder by name, parsed once per process."""
+    index: dict[str, dict] = {}
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
-        if name in (data.get("task"), data.get("group")):
-            return data
-    return None
+        for key in ("task", "group"):
+            if isinstance(data.get(key), str):
+                index.setdefault(data[key], data)
+    return index
+
+
+def _task_yaml(name: str) -> dict | None:
+    return _task_index().get(name)
 
 
 def task_files(name: str) -> list[str]:
