@@ -213,6 +213,7 @@ def train_variant(model_dir: Path, sizes: Sizes, device, *, micro: int, reshard_
     import torch.distributed as dist
 
     from clinray.train.config import FSDPSection, ModelSection, OptimSection, PretrainConfig, TrainSection
+    from clinray.train.plan import RunPlan
     from clinray.train.step import SourceLoss, add_flops, build_training, train_step
 
     if compile_:
@@ -228,7 +229,7 @@ def train_variant(model_dir: Path, sizes: Sizes, device, *, micro: int, reshard_
         cfg, total_steps=total, device=device, seq_len=sizes.seq_len, reshard_root=reshard_root
     )
     checks = _load_checks(model, model_dir, device)
-    plan = {"seq_len": sizes.seq_len}
+    plan = RunPlan(seq_len=sizes.seq_len)
     add_flops(plan, cfg, model, device)
     tracker, batches = SourceLoss(cfg.data.sources, device), _batches(micro, sizes, seed=0)
     step = dict(accum=1, device=device, grad_clip=cfg.optim.grad_clip)
@@ -244,7 +245,7 @@ def train_variant(model_dir: Path, sizes: Sizes, device, *, micro: int, reshard_
     sync(device)
     elapsed, after = time.perf_counter() - start, _dynamo_counts()
     tokens_per_s = sizes.steps * micro * sizes.seq_len / elapsed  # per device: each rank has its batch
-    peak = plan.get("peak_flops_per_device")
+    peak = plan.peak_flops_per_device
     out = {
         "micro_batch": micro,
         "root": "resharded" if reshard_root else "FSDP2 default (kept gathered)",
@@ -255,10 +256,10 @@ def train_variant(model_dir: Path, sizes: Sizes, device, *, micro: int, reshard_
         "timed_steps": sizes.steps,
         "step_ms": round(1000 * elapsed / sizes.steps, 2),
         "tokens_per_s_per_device": round(tokens_per_s, 1),
-        "flops_per_token": plan["flops_per_token"],
-        "compute_dtype": plan["compute_dtype"],
+        "flops_per_token": plan.flops_per_token,
+        "compute_dtype": plan.compute_dtype,
         "peak_flops_per_device": peak,
-        "mfu": round(tokens_per_s * plan["flops_per_token"] / peak, 4) if peak else None,
+        "mfu": round(tokens_per_s * plan.flops_per_token / peak, 4) if peak else None,
         "loss": round(tracker.read()["loss"], 4),
         "peak_memory_gib": peak_gib(device),
         "dynamo_before_timed": before,

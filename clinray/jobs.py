@@ -146,6 +146,18 @@ JOBS: dict[str, Job] = {
             ),
         ),
         Job(
+            name="sft",
+            help="instruction-tune a model on an SFT mixture (packed, response-only loss, NEFTune) with Ray Train + FSDP2",
+            config="clinray.train.config:TrainConfig",
+            entry="clinray.sft.prepare:run_sft",
+            ray_job="sft",
+            worker_output=True,
+            flags=(
+                Flag(option="--model", key="model.path", help="HF folder of the model to tune (base or pretrained)"),
+                Flag(option="--mixture", key="sft.mixture", help="SFT mixture recipe (tiny/sft_mix, paper/sft_mix) or YAML"),
+            ),
+        ),
+        Job(
             name="eval",
             help="evaluate models (or a pretraining run's checkpoints) on the medical benchmarks with lm-eval",
             config="clinray.eval.config:EvalConfig",
@@ -187,6 +199,19 @@ JOBS: dict[str, Job] = {
             flags=(
                 Flag(option="--model", key="setup.engine.model", help="HF folder of the answering model"),
                 _DATA,
+                _OUT,
+            ),
+        ),
+        Job(
+            name="serve",
+            help="serve the Medprompt endpoint and OpenAI routes on Ray Serve (127.0.0.1), send one request, stop",
+            config="clinray.serve.run:ServeConfig",
+            entry="clinray.serve.run:run_serve",
+            ray_job="serve",
+            flags=(
+                Flag(option="--model", key="model", help="HF folder of the served model"),
+                Flag(option="--index", key="store_uri", help="example store (*.db or http://host:19530)"),
+                Flag(option="--port", key="port", help="HTTP port on 127.0.0.1 (0: a free one)"),
                 _OUT,
             ),
         ),

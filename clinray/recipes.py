@@ -4,8 +4,9 @@
 wins when both exist. Nothing here depends on the current folder, so an installed clinray finds its
 recipes wherever it runs (a job's working directory, a notebook, a fresh clone's sibling folder).
 
-A recipe's job is its file stem when that names a job (``tiny/pack`` -> ``pack``), else the stem's last
-``_`` part (``paper/mistral7b_pretrain`` -> ``pretrain``).
+A recipe's job is its file stem when that names a job (``tiny/pack`` -> ``pack``), else the last ``_``
+part of the stem that names one (``paper/mistral7b_pretrain`` -> ``pretrain``, ``paper/mistral7b_sft_neftune``
+and the SFT mixture ``paper/sft_mix`` -> ``sft``), else the last part.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def recipe_job(name: str) -> str:
     from clinray.jobs import JOBS
 
     stem = Path(name).name
-    return stem if stem in JOBS else stem.rsplit("_", 1)[-1]
+    if stem in JOBS:
+        return stem
+    parts = stem.split("_")
+    return next((part for part in reversed(parts) if part in JOBS), parts[-1])
 
 
 def recipe_summary(name: str) -> str:

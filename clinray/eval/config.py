@@ -26,9 +26,12 @@ class SweepConfig:
     base_model: str = ""
     """The model pretraining started from, plotted at 0 tokens ('' = none)."""
     instruction_tune: bool = True
-    """Instruction-tune each checkpoint with the tuner passed to run_sweep (without one: warn, evaluate raw)."""
+    """Instruction-tune each checkpoint before evaluating it (``clinray eval`` uses ``clinray sft`` with
+    ``sft_config``; without a recipe: warn, evaluate the raw checkpoints)."""
     sft_config: str = ""
-    """SFT recipe YAML handed to the tuner as its ``config``."""
+    """SFT recipe (``tiny/sft``, ``paper/mistral7b_sft``) each checkpoint is tuned with."""
+    sft_overrides: list[str] = dataclasses.field(default_factory=list)
+    """``--set``-style overrides of that recipe (e.g. ``sft.paths.medqa=...``); model and run folder are set per checkpoint."""
     metric: str = "acc"
     """Metric plotted against pretraining tokens."""
 

@@ -236,7 +236,18 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
 
 
 def run_evaluation(cfg: EvalConfig) -> EvalResult:
-    """The ``eval`` stage: the checkpoint sweep when ``sweep.pretrain_run`` is set, else the models."""
+    """The ``eval`` stage: the checkpoint sweep when ``sweep.pretrain_run`` is set, else the models.
+
+    The sweep instruction-tunes each checkpoint with ``clinray sft`` and the ``sweep.sft_config``
+    recipe (:class:`clinray.sft.prepare.SFTTuner`) when ``sweep.instruction_tune`` is on.
+    """
     from clinray.eval.sweep import run_sweep
 
-    return run_sweep(cfg) if cfg.sweep.pretrain_run else run_eval(cfg)
+    if not cfg.sweep.pretrain_run:
+        return run_eval(cfg)
+    tuner = None
+    if cfg.sweep.instruction_tune and cfg.sweep.sft_config:
+        from clinray.sft.prepare import SFTTuner
+
+        tuner = SFTTuner(overrides=tuple(cfg.sweep.sft_overrides))
+    return run_sweep(cfg, tuner=tuner)

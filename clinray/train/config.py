@@ -1,8 +1,9 @@
-"""Typed configs of continued pretraining (and, with ``task: sft``, of instruction tuning later).
+"""Typed configs of training: continued pretraining and, with ``train.task: sft``, instruction tuning.
 
-One root :class:`PretrainConfig` composes the sections a run needs: the model to load, the token
-blocks to read, the optimizer and schedule, the batch and budget, FSDP2, Ray Train scaling and the run
-(storage, failures, checkpoints). Every number of the paper's Table 1 is a field here, so the recipes in
+One root :class:`TrainConfig` (``PretrainConfig`` is the same class) composes the sections a run needs:
+the model to load, the token blocks to read (pretraining) or the SFT mixture to prepare and pack
+(``sft``), NEFTune, the optimizer and schedule, the batch and budget, FSDP2, Ray Train scaling and the
+run (storage, failures, checkpoints). One loop trains both tasks; ``train.task`` selects the data path. Every number of the paper's Table 1 is a field here, so the recipes in
 ``clinray/configs/paper/`` are plain YAML. The trade-off: the config is strict and verbose, in exchange for no
 silent typo in an 80-GPU run.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Literal
+
+from clinray.data.decontam_config import DecontamConfig
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -62,6 +65,61 @@ class DataSection:
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
+class SFTSection:
+    """Instruction-tuning data (``train.task: sft``): the mixture, its packing and its epochs."""
+
+    mixture: str = ""
+    """The SFT mixture: a recipe name (``tiny/sft_mix``, ``paper/sft_mix``: Table 3) or a YAML path."""
+    data_root: str = ""
+    """If set, the folder the mixture's relative source paths start from (overrides its ``data_root``)."""
+    paths: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Source name -> local file or folder, overriding the mixture's path (``--set sft.paths.medqa=...``)."""
+    total_samples: int = 0
+    """Conversations drawn from the mixture; 0: the most the ratios allow without repeating a source."""
+    option_orders: int = 1
+    """Multiple-choice conversations appear with this many option orders (1: as given; the answer text
+    follows its option)."""
+    seq_len: int = 2048
+    """Tokens per packed row (the model's context in the paper: 4,096 for Mistral, 32k for Mixtral)."""
+    packing: Literal["bfd", "wrapped", "none"] = "bfd"
+    """``bfd``: best-fit decreasing over the whole dataset, no sample cut; ``wrapped``: the paper's literal
+    concatenation, cut every seq_len tokens; ``none``: one padded sample per row (the baseline)."""
+    overlong: Literal["drop", "truncate"] = "drop"
+    """Samples longer than seq_len: dropped (counted as too_long) or truncated to it."""
+    epochs: int = 3
+    """Passes over the SFT data (Table 1 / section 3.2: 3); each epoch is packed anew."""
+    seed: int = 0
+    """Seed of the mixture draw, the option orders and the packing (epoch e packs with seed + e)."""
+    decontaminate: DecontamConfig = dataclasses.field(default_factory=lambda: DecontamConfig(enabled=False))
+    """Drop conversations that copy evaluation questions (needs ``questions_root``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("option_orders", "seq_len", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
+        if self.total_samples < 0:
+            raise ValueError("sft.total_samples must be >= 0 (0: as many as the ratios allow)")
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class NEFTuneSection:
+    """NEFTune (section 3.3): uniform noise on the input embeddings while training."""
+
+    alpha: float = 0.0
+    """Noise scale (Table 1: 5 for the N runs); 0 turns NEFTune off."""
+    scale: Literal["reference", "paper_sqrt_alpha"] = "reference"
+    """``reference``: ``alpha / sqrt(L d)`` (NEFTune paper, its code, the HF hook); ``paper_sqrt_alpha``:
+    ``sqrt(alpha / (L d))`` as the clinical paper prints it (2.24x less noise at alpha 5)."""
+    length: Literal["sample", "row"] = "sample"
+    """L of the formula: each packed sample's own length (correct), or the row's (what public code does,
+    transformers#34659), kept for comparison."""
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ValueError(f"neftune.alpha must be >= 0 (0: off), got {self.alpha}")
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
 class OptimSection:
     """AdamW and the warm-up + cosine schedule (the paper's Table 1)."""
 
@@ -102,13 +160,15 @@ class TrainSection:
     """Batch, budget, logging and checkpoint cadence."""
 
     task: Literal["pretrain", "sft"] = "pretrain"
-    """``pretrain``: loss on every token; ``sft``: the batches carry ``labels`` with -100 on prompt tokens."""
+    """``pretrain``: token blocks from ``data.path``, loss on every token; ``sft``: the ``sft`` mixture,
+    prepared and packed into the run folder, loss on the assistant's tokens only."""
     global_batch_tokens: int = 65_536
     """Tokens per optimizer step over all workers = workers x micro_batch_size x seq_len x accumulation."""
     micro_batch_size: int = 1
     """Blocks per worker per forward pass."""
     token_budget: int = 0
-    """Tokens to train on; the number of steps is token_budget // global_batch_tokens."""
+    """Tokens to train on; the number of steps is token_budget // global_batch_tokens (sft: the epochs
+    decide, 0 here)."""
     max_steps: int = 0
     """If > 0, the number of optimizer steps (overrides token_budget), e.g. Table 1's 79,259."""
     max_time_s: float = 0.0
@@ -133,7 +193,7 @@ class TrainSection:
         for name in ("token_budget", "max_steps", "checkpoint_every", "hf_export_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.token_budget == 0 and self.max_steps == 0:
+        if self.task == "pretrain" and self.token_budget == 0 and self.max_steps == 0:
             raise ValueError("set train.token_budget (tokens to train on) or train.max_steps")
 
 
@@ -198,13 +258,18 @@ class RunSection:
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
-class PretrainConfig:
-    """Root config of ``clinray pretrain`` (recipes ``tiny/pretrain``, ``paper/*_pretrain``)."""
+class TrainConfig:
+    """Root config of ``clinray pretrain`` (recipes ``tiny/pretrain``, ``paper/*_pretrain``) and ``clinray sft``
+    (``train.task: sft``; recipes ``tiny/sft``, ``paper/mistral7b_sft``, ...)."""
 
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     """Model folder and how to build it."""
     data: DataSection = dataclasses.field(default_factory=DataSection)
-    """Token blocks."""
+    """Token blocks (pretraining; sft: the mixture components tracked in ``data.sources``)."""
+    sft: SFTSection = dataclasses.field(default_factory=SFTSection)
+    """The SFT mixture and its packing (``train.task: sft``)."""
+    neftune: NEFTuneSection = dataclasses.field(default_factory=NEFTuneSection)
+    """NEFTune noise (``train.task: sft``; alpha 0 is off)."""
     optim: OptimSection = dataclasses.field(default_factory=OptimSection)
     """AdamW and schedule."""
     train: TrainSection = dataclasses.field(default_factory=lambda: TrainSection(max_steps=10))
@@ -216,8 +281,21 @@ class PretrainConfig:
     run: RunSection = dataclasses.field(default_factory=RunSection)
     """Storage, failures, checkpoints."""
 
+    def __post_init__(self) -> None:
+        if self.train.task == "sft" and self.model.attn_implementation == "eager":
+            raise ValueError(
+                "model.attn_implementation eager would let packed SFT samples attend to each other (it "
+                "needs a 4D mask the loop does not build): use sdpa (CPU) or flash_attention_2 (GPU)"
+            )
+        if self.train.task == "pretrain" and self.neftune.alpha:
+            raise ValueError("neftune.alpha is for train.task: sft (NEFTune is an instruction-tuning method)")
+
     def check_inputs(self) -> list[str]:
         """Missing inputs and inconsistent batch geometry, all at once, before Ray starts."""
+        if self.train.task == "sft":
+            from clinray.sft.prepare import check_sft_inputs
+
+            return check_sft_inputs(self)
         problems = self.missing_paths()
         if not problems:
             from clinray.train.trainer import plan_run
@@ -241,3 +319,7 @@ class PretrainConfig:
         return missing_model(self.model.path, "model.path") + missing_dir(
             self.data.path, "data.path (token blocks from `clinray pack`)"
         )
+
+
+PretrainConfig = TrainConfig
+"""The name the pretraining code and recipes have used: the same class."""

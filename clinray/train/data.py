@@ -46,20 +46,59 @@ def build_dataset(path: str | Path, *, materialize_below_mb: float = 0.0):
     if not files:
         raise ValueError(f"no Parquet files under {str(path)!r}")
     names = set(pq.read_schema(files[0]).names)
-    missing = {"input_ids", "source"} - names
+    packed = "seq_lens" in names  # packed SFT rows (clinray.sft.prepare) rather than token blocks
+    required = {"input_ids", "labels", "seq_lens", "sources"} if packed else {"input_ids", "source"}
+    missing = required - names
     if missing:
         raise ValueError(
             f"token blocks in {str(path)!r} lack column(s) {sorted(missing)}; found {sorted(names)}"
         )
-    columns = ["input_ids", "source"] + (["labels"] if "labels" in names else [])
+    columns = (
+        sorted(required) if packed else ["input_ids", "source"] + (["labels"] if "labels" in names else [])
+    )
     size_mb = sum(Path(f).stat().st_size for f in files) / 1e6
     if size_mb < materialize_below_mb:
         return ray.data.from_arrow([pq.read_table(f, columns=columns) for f in files])
     return ray.data.read_parquet(files, columns=columns, shuffle=None)
 
 
+def packed_fields(seq_lens: list, num_tokens: int) -> dict[str, np.ndarray]:
+    """Per-token fields of packed rows from each row's sample lengths (padding fills each row's tail).
+
+    ``position_ids`` restart at 0 at every sample (and at the padding); ``sample_len`` is the length of
+    the sample a token belongs to, 0 on padding (NEFTune's L); ``segment`` numbers the samples of a row
+    from 0 (padding: -1); ``cu_seq_lens`` are the boundaries of every sample and padding run when the
+    rows are laid end to end (flash attention's varlen layout).
+    """
+    rows = len(seq_lens)
+    position = np.zeros((rows, num_tokens), dtype=np.int64)
+    sample_len = np.zeros((rows, num_tokens), dtype=np.int64)
+    segment = np.full((rows, num_tokens), -1, dtype=np.int64)
+    bounds = [0]
+    for r, lengths in enumerate(seq_lens):
+        at = 0
+        for k, n in enumerate(np.asarray(lengths, dtype=np.int64).tolist()):
+            position[r, at : at + n] = np.arange(n)
+            sample_len[r, at : at + n] = n
+            segment[r, at : at + n] = k
+            at += n
+            bounds.append(r * num_tokens + at)
+        if at > num_tokens:
+            raise ValueError(f"row {r}: samples of {at} tokens exceed the row length {num_tokens}")
+        if at < num_tokens:
+            position[r, at:] = np.arange(num_tokens - at)
+            bounds.append((r + 1) * num_tokens)
+    return {
+        "position_ids": position,
+        "sample_len": sample_len,
+        "segment": segment,
+        "cu_seq_lens": np.asarray(bounds, dtype=np.int32),
+    }
+
+
 def make_collate(sources: list[str]):
-    """Collate numpy batches into tensors: ``input_ids``, ``labels`` (-100 = no loss), ``source_id``."""
+    """Collate numpy batches into tensors: ``input_ids``, ``labels`` (-100 = no loss), ``source_id``
+    (one per row for token blocks; one per token for packed SFT rows, with :func:`packed_fields`)."""
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     class _Collate(NumpyBatchCollateFn):
@@ -69,6 +108,8 @@ def make_collate(sources: list[str]):
         def __call__(self, batch: dict) -> dict:
             import torch
 
+            if "seq_lens" in batch:
+                return self.packed(batch)
             ids = torch.as_tensor(np.stack(batch["input_ids"]).astype(np.int64))
             labels = (
                 torch.as_tensor(np.stack(batch["labels"]).astype(np.int64))
@@ -80,6 +121,26 @@ def make_collate(sources: list[str]):
                 [self.index.get(str(s), other) for s in batch["source"]], dtype=torch.long
             )
             return {"input_ids": ids, "labels": labels, "source_id": source_id}
+
+        def packed(self, batch: dict) -> dict:
+            import torch
+
+            ids = np.stack(batch["input_ids"]).astype(np.int64)
+            fields = packed_fields(list(batch["seq_lens"]), ids.shape[1])
+            other = len(self.index)
+            source_id = np.full(ids.shape, other, dtype=np.int64)
+            for r, (lengths, names) in enumerate(zip(batch["seq_lens"], batch["sources"], strict=True)):
+                at = 0
+                for n, name in zip(np.asarray(lengths).tolist(), list(names), strict=True):
+                    source_id[r, at : at + n] = self.index.get(str(name), other)
+                    at += n
+            out = {
+                "input_ids": ids,
+                "labels": np.stack(batch["labels"]).astype(np.int64),
+                "source_id": source_id,
+                **{k: v for k, v in fields.items() if k != "cu_seq_lens"},
+            }
+            return {k: torch.as_tensor(v) for k, v in out.items()}
 
     return _Collate()
 

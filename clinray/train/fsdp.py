@@ -20,6 +20,7 @@ from the config, since it is then the plain causal mask, which SDPA runs without
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "resolve_param_dtype",
     "build_model",
+    "build_on_meta",
+    "apply_fsdp",
+    "load_weights",
     "load_full_state_dict",
     "decoder_layers",
     "fit_sliding_window",
@@ -133,27 +137,9 @@ def expert_placement_fn(num_shards: int):
     return placement
 
 
-def build_model(
-    model_cfg,
-    fsdp_cfg,
-    *,
-    device: torch.device,
-    mesh=None,
-    seed: int = 0,
-    seq_len: int | None = None,
-    reshard_root: bool | None = None,
-):
-    """Return the FSDP2-sharded model (weights loaded from ``model_cfg.path``) on ``device``.
-
-    Args:
-        seq_len: the training block length (drops a sliding window it fits in; None keeps the config).
-        reshard_root: None leaves the root to FSDP2's default (gathered after forward); True is the
-            behaviour before it, kept for the check kit's comparison.
-    """
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def build_on_meta(model_cfg, *, device: torch.device, seed: int = 0, seq_len: int | None = None):
+    """Step 1: the model from its ``config.json``, on the meta device (or on ``device`` if not
+    ``init_on_meta``), fp32, no cache, activation checkpointing as configured."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     hf_config = AutoConfig.from_pretrained(model_cfg.path)
@@ -169,6 +155,17 @@ def build_model(
         model.to(device)
     if model_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def apply_fsdp(
+    model, model_cfg, fsdp_cfg, *, device: torch.device, mesh=None, reshard_root: bool | None = None
+):
+    """Step 3: ``fully_shard`` each decoder layer, then the root, on one device mesh (torchtitan's order)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     param_dtype = resolve_param_dtype(fsdp_cfg.param_dtype, device)
     reduce_dtype = getattr(torch, fsdp_cfg.reduce_dtype)
     # All-fp32 (CPU) is given as no policy at all: the same numbers, and FSDP2 then skips its cast
@@ -193,13 +190,21 @@ def build_model(
         )
     root = {} if reshard_root is None else {"reshard_after_forward": reshard_root}
     fully_shard(model, mesh=mesh, mp_policy=policy, **root)
+    return model
+
+
+def load_weights(model, model_cfg, *, device: torch.device) -> None:
+    """Step 4: materialize the shards and broadcast the folder's weights into them from rank 0."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     if model_cfg.init_on_meta:
         model.to_empty(device=device)
         _reset_rotary_buffers(model, device)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     full = (
         _rank0_state_dict(
-            model_cfg.path, expected=set(model.state_dict()), tied=hf_config.tie_word_embeddings
+            model_cfg.path, expected=set(model.state_dict()), tied=model.config.tie_word_embeddings
         )
         if rank0
         else {}
@@ -208,5 +213,35 @@ def build_model(
         model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
     )
     del full
+
+
+def build_model(
+    model_cfg,
+    fsdp_cfg,
+    *,
+    device: torch.device,
+    mesh=None,
+    seed: int = 0,
+    seq_len: int | None = None,
+    reshard_root: bool | None = None,
+    converters: Sequence[Callable] = (),
+):
+    """Return the FSDP2-sharded model (weights loaded from ``model_cfg.path``) on ``device``.
+
+    In torchtitan's order: build on meta (:func:`build_on_meta`), apply the ``converters`` (each
+    ``converter(model)`` changes modules or adds hooks before sharding: the NEFTune hook, LoRA; none for
+    pretraining), shard (:func:`apply_fsdp`), load the weights (:func:`load_weights`).
+
+    Args:
+        seq_len: the training block length (drops a sliding window it fits in; None keeps the config).
+        reshard_root: None leaves the root to FSDP2's default (gathered after forward); True is the
+            behaviour before it, kept for the check kit's comparison.
+        converters: callables applied to the unsharded model, in order.
+    """
+    model = build_on_meta(model_cfg, device=device, seed=seed, seq_len=seq_len)
+    for convert in converters:
+        convert(model)
+    apply_fsdp(model, model_cfg, fsdp_cfg, device=device, mesh=mesh, reshard_root=reshard_root)
+    load_weights(model, model_cfg, device=device)
     model.train()
     return model

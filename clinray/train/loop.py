@@ -22,12 +22,21 @@ from pathlib import Path
 import torch
 
 from clinray.train.data import DataPosition
-from clinray.train.step import SourceLoss, add_flops, agree, build_training, token_losses, train_step
+from clinray.train.plan import RunPlan, TrainState
+from clinray.train.step import (
+    SourceLoss,
+    add_flops,
+    agree,
+    build_converters,
+    build_training,
+    token_losses,
+    train_step,
+)
 
 __all__ = ["train_loop_per_worker", "token_losses"]
 
 
-def _setup(cfg, plan: dict):
+def _setup(cfg, plan: RunPlan):
     import ray.train
 
     ctx = ray.train.get_context()
@@ -39,23 +48,24 @@ def _setup(cfg, plan: dict):
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    converters, made = build_converters(cfg, rank=rank)
     model, optimizer, scheduler = build_training(
-        cfg, total_steps=plan["total_steps"], device=device, seq_len=plan["seq_len"]
+        cfg, total_steps=plan.total_steps, device=device, seq_len=plan.seq_len, converters=converters
     )
-    return rank, world, device, model, optimizer, scheduler
+    return rank, world, device, model, optimizer, scheduler, made.get("neftune")
 
 
-def _resume(model, optimizer, scheduler) -> dict:
+def _resume(model, optimizer, scheduler) -> TrainState:
     import ray.train
 
     from clinray.train.checkpoint import load_sharded
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return {"step": 0, "tokens_seen": 0, "epoch": 0, "num_batches": 0, "resumed_from": None}
+        return TrainState()
     with checkpoint.as_directory() as folder:
-        state = load_sharded(folder, model, optimizer, scheduler)
-    state["resumed_from"] = state["step"]
+        state = TrainState.from_dict(load_sharded(folder, model, optimizer, scheduler))
+    state.resumed_from = state.step
     return state
 
 
@@ -63,22 +73,22 @@ def _step_metrics(
     tracker: SourceLoss,
     *,
     step: int,
-    state: dict,
+    state: TrainState,
     lr: float,
     grad_norm: float,
     elapsed: float,
     num_tokens: int,
-    plan: dict,
+    plan: RunPlan,
     world: int,
 ) -> dict:
-    metrics = {"step": step, "tokens_seen": state["tokens_seen"], "epoch": state["epoch"], **tracker.read()}
+    metrics = {"step": step, "tokens_seen": state.tokens_seen, "epoch": state.epoch, **tracker.read()}
     tokens_per_s = num_tokens / max(elapsed, 1e-9)
     metrics.update(
         lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s, tokens_per_s_per_device=tokens_per_s / world
     )
-    peak = plan.get("peak_flops_per_device")
-    metrics["mfu"] = tokens_per_s / world * plan["flops_per_token"] / peak if peak else None
-    metrics["resumed_from"] = state.get("resumed_from")
+    peak = plan.peak_flops_per_device
+    metrics["mfu"] = tokens_per_s / world * plan.flops_per_token / peak if peak else None
+    metrics["resumed_from"] = state.resumed_from
     metrics["num_threads"] = torch.get_num_threads()
     return metrics
 
@@ -127,7 +137,7 @@ def _report(
     metrics: dict,
     *,
     cfg,
-    state: dict,
+    state: TrainState,
     save: bool,
     last: bool,
     export: bool,
@@ -153,12 +163,12 @@ def _report(
 
     from clinray.train.checkpoint import export_hf, save_sharded
 
-    step = state["step"]
+    step = state.step
     name = f"checkpoint_{step:07d}"
     if save:
         direct = _direct_checkpoint_dir(name)
         folder = save_sharded(
-            model, optimizer, scheduler, state=state, rank=rank, folder=direct[0] if direct else None
+            model, optimizer, scheduler, state=state.to_dict(), rank=rank, folder=direct[0] if direct else None
         )
         if direct:
             ray.train.report(
@@ -178,7 +188,7 @@ def _report(
     elif last:
         ray.train.report(metrics)
     if export:
-        meta = {"step": step, "tokens_seen": state["tokens_seen"], "source_run": str(run_dir)}
+        meta = {"step": step, "tokens_seen": state.tokens_seen, "source_run": str(run_dir), "task": cfg.train.task}
         export_hf(model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank)
 
 
@@ -200,36 +210,38 @@ def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; ``config = {"cfg": PretrainConfig as dict, "plan": derived numbers}``."""
+    """Ray Train entry point; ``config = {"cfg": TrainConfig as dict, "plan": RunPlan as dict}``."""
     import ray.train
 
     from clinray.config import from_dict
-    from clinray.train.config import PretrainConfig
+    from clinray.train.config import TrainConfig
     from clinray.train.data import iter_micro_batches
     from clinray.train.metrics import MetricsWriter
 
-    cfg = from_dict(PretrainConfig, config["cfg"])
-    plan = dict(config["plan"])
-    run_dir = Path(plan["run_dir"])
-    rank, world, device, model, optimizer, scheduler = _setup(cfg, plan)
+    cfg = from_dict(TrainConfig, config["cfg"])
+    plan = RunPlan.from_dict(config["plan"])
+    run_dir = Path(plan.run_dir)
+    rank, world, device, model, optimizer, scheduler, neftune = _setup(cfg, plan)
     add_flops(plan, cfg, model, device)
     state = _resume(model, optimizer, scheduler)
     writer = MetricsWriter(run_dir) if rank == 0 else None
+    sft = plan.task == "sft"
     batches = iter_micro_batches(
         ray.train.get_dataset_shard("train"),
-        position=DataPosition(epoch=state["epoch"], num_batches=state["num_batches"]),
+        position=DataPosition(epoch=state.epoch, num_batches=state.num_batches),
         rank=rank,
         world_size=world,
         micro_batch_size=cfg.train.micro_batch_size,
         sources=cfg.data.sources,
         shuffle_seed=cfg.data.shuffle_seed,
-        shuffle_buffer_blocks=cfg.data.shuffle_buffer_blocks,
+        # SFT rows are already in their seeded per-epoch order (clinray.sft.packing)
+        shuffle_buffer_blocks=0 if sft else cfg.data.shuffle_buffer_blocks,
     )
     tracker = SourceLoss(cfg.data.sources, device)
-    total_steps, accum = plan["total_steps"], plan["grad_accum"]
+    total_steps, accum = plan.total_steps, plan.grad_accum
     start = last_log = time.perf_counter()
     tokens_since_log = 0
-    step = state["step"]
+    step = state.step
     last = step >= total_steps
     while step < total_steps:
         lr = scheduler.get_last_lr()[0]
@@ -242,15 +254,14 @@ def train_loop_per_worker(config: dict) -> None:
             accum=accum,
             device=device,
             grad_clip=cfg.optim.grad_clip,
+            attn_implementation=cfg.model.attn_implementation,
+            neftune=neftune,
+            micro_index=step * accum,
         )
         step += 1
-        tokens_since_log += plan["global_batch_tokens"]
-        state.update(
-            step=step,
-            tokens_seen=state["tokens_seen"] + plan["global_batch_tokens"],
-            epoch=position.epoch,
-            num_batches=position.num_batches,
-        )
+        tokens_since_log += plan.global_batch_tokens
+        state.step, state.tokens_seen = step, state.tokens_seen + plan.global_batch_tokens
+        state.epoch, state.num_batches = position.epoch, position.num_batches
         out_of_time = cfg.train.max_time_s > 0 and time.perf_counter() - start > cfg.train.max_time_s
         last = step == total_steps or (cfg.train.max_time_s > 0 and agree(out_of_time, device))
         every = cfg.train.checkpoint_every

@@ -17,8 +17,9 @@ from typing import Any
 from clinray.config import dump, to_dict
 from clinray.data.blocks import read_block_manifest
 from clinray.results import StageResult
-from clinray.train.config import PretrainConfig
+from clinray.train.config import TrainConfig
 from clinray.train.data import build_dataset
+from clinray.train.plan import RunPlan
 
 __all__ = ["plan_run", "build_trainer", "run_pretrain", "TrainResult"]
 
@@ -58,17 +59,22 @@ class TrainResult(StageResult):
         return "\n".join([head, StageResult.summary(self)])
 
 
-def plan_run(cfg: PretrainConfig) -> dict:
-    """The numbers the workers derive from the config: seq_len, accumulation, steps, run folder."""
+def _absolute_paths(cfg: TrainConfig) -> None:
     # Ray Train workers do not share the driver's working directory: pass them absolute paths.
     cfg.model.path = str(Path(cfg.model.path).resolve()) if cfg.model.path else cfg.model.path
     cfg.data.path = str(Path(cfg.data.path).resolve()) if cfg.data.path else cfg.data.path
-    cfg.validate_paths()
-    manifest = read_block_manifest(cfg.data.path)
-    seq_len = manifest["seq_len"]
-    model_cfg = json.loads((Path(cfg.model.path) / "config.json").read_text())
-    if seq_len > model_cfg.get("max_position_embeddings", seq_len):
-        raise ValueError(f"blocks of {seq_len} tokens exceed the model's max_position_embeddings")
+
+
+def run_folders(cfg: TrainConfig) -> tuple[Path, str]:
+    """``(run folder, Ray Train storage)``: ``<storage>/<name>`` for a path; ``runs/<name>`` for a URI."""
+    storage = cfg.run.storage_path
+    local = "://" not in storage
+    run_dir = (Path(storage).resolve() / cfg.run.name) if local else (Path("runs") / cfg.run.name).resolve()
+    return run_dir, str(Path(storage).resolve()) if local else storage
+
+
+def grad_accumulation(cfg: TrainConfig, seq_len: int) -> int:
+    """Micro-batches per step from the global batch in tokens; ValueError when it does not divide."""
     per_micro = cfg.train.micro_batch_size * seq_len * cfg.scaling.num_workers
     accum, rest = divmod(cfg.train.global_batch_tokens, per_micro)
     if accum < 1 or rest:
@@ -76,27 +82,57 @@ def plan_run(cfg: PretrainConfig) -> dict:
             f"train.global_batch_tokens ({cfg.train.global_batch_tokens}) must be a multiple of micro_batch_size x "
             f"seq_len x num_workers = {cfg.train.micro_batch_size} x {seq_len} x {cfg.scaling.num_workers} = {per_micro}"
         )
-    total_steps = cfg.train.max_steps or cfg.train.token_budget // cfg.train.global_batch_tokens
-    if total_steps < 1:
-        raise ValueError(f"train.token_budget {cfg.train.token_budget} is less than one global batch")
-    storage = cfg.run.storage_path
-    local = "://" not in storage
-    run_dir = (Path(storage).resolve() / cfg.run.name) if local else (Path("runs") / cfg.run.name).resolve()
-    return {
-        "seq_len": seq_len,
-        "grad_accum": accum,
-        "total_steps": total_steps,
-        "global_batch_tokens": cfg.train.global_batch_tokens,
-        "run_dir": str(run_dir),
-        "storage_path": str(Path(storage).resolve()) if local else storage,
-        "num_layers": model_cfg["num_hidden_layers"],
-        "hidden_size": model_cfg["hidden_size"],
-        "peak_flops_per_device": cfg.run.peak_flops_per_device or None,
-        "num_blocks": manifest.get("num_blocks"),
-    }
+    return accum
 
 
-def build_trainer(cfg: PretrainConfig, plan: dict):
+def plan_run(cfg: TrainConfig, *, sft_rows: dict | None = None) -> RunPlan:
+    """The numbers the workers derive from the config: seq_len, accumulation, steps, run folder.
+
+    Pretraining reads the token blocks' manifest (``data.path``); SFT passes ``sft_rows``, the manifest
+    of the packed rows :func:`clinray.sft.prepare.prepare_sft_data` wrote (its ``path``, ``seq_len``
+    and ``num_rows`` over all epochs): the epochs decide the steps.
+    """
+    _absolute_paths(cfg)
+    if sft_rows is None:
+        cfg.validate_paths()
+        manifest = read_block_manifest(cfg.data.path)
+        seq_len, data_path, num_rows = manifest["seq_len"], cfg.data.path, manifest.get("num_blocks")
+    else:
+        seq_len, data_path, num_rows = sft_rows["seq_len"], sft_rows["path"], sft_rows["num_rows"]
+    model_cfg = json.loads((Path(cfg.model.path) / "config.json").read_text())
+    if seq_len > model_cfg.get("max_position_embeddings", seq_len):
+        raise ValueError(f"rows of {seq_len} tokens exceed the model's max_position_embeddings")
+    accum = grad_accumulation(cfg, seq_len)
+    if sft_rows is None:
+        total_steps = cfg.train.max_steps or cfg.train.token_budget // cfg.train.global_batch_tokens
+        if total_steps < 1:
+            raise ValueError(f"train.token_budget {cfg.train.token_budget} is less than one global batch")
+    else:
+        rows_per_step = cfg.train.global_batch_tokens // seq_len
+        total_steps = cfg.train.max_steps or num_rows // rows_per_step
+        if total_steps < 1:
+            raise ValueError(
+                f"the SFT data packs into {num_rows} rows over all epochs, fewer than one global batch of "
+                f"{rows_per_step} rows: lower train.global_batch_tokens or add data"
+            )
+    run_dir, storage = run_folders(cfg)
+    return RunPlan(
+        seq_len=seq_len,
+        task=cfg.train.task,
+        grad_accum=accum,
+        total_steps=total_steps,
+        global_batch_tokens=cfg.train.global_batch_tokens,
+        run_dir=str(run_dir),
+        storage_path=storage,
+        data_path=data_path,
+        num_layers=model_cfg["num_hidden_layers"],
+        hidden_size=model_cfg["hidden_size"],
+        peak_flops_per_device=cfg.run.peak_flops_per_device or None,
+        num_rows=num_rows,
+    )
+
+
+def build_trainer(cfg: TrainConfig, plan: RunPlan):
     """A ``TorchTrainer`` with the scaling, run, failure and checkpoint configs of the recipe."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -104,7 +140,7 @@ def build_trainer(cfg: PretrainConfig, plan: dict):
 
     from clinray.train.loop import train_loop_per_worker
 
-    dataset = build_dataset(cfg.data.path, materialize_below_mb=cfg.data.materialize_below_mb)
+    dataset = build_dataset(plan.data_path, materialize_below_mb=cfg.data.materialize_below_mb)
     scaling = ScalingConfig(
         num_workers=cfg.scaling.num_workers,
         use_gpu=cfg.scaling.use_gpu,
@@ -113,14 +149,14 @@ def build_trainer(cfg: PretrainConfig, plan: dict):
         accelerator_type=cfg.scaling.accelerator_type,
     )
     run_config = RunConfig(
-        storage_path=plan["storage_path"],
+        storage_path=plan.storage_path,
         name=cfg.run.name,
         failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
     )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "plan": plan},
+        train_loop_config={"cfg": to_dict(cfg), "plan": plan.to_dict()},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=run_config,
@@ -131,16 +167,22 @@ def build_trainer(cfg: PretrainConfig, plan: dict):
     )
 
 
-def run_pretrain(cfg: PretrainConfig) -> TrainResult:
+def run_pretrain(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) the pretraining run of ``cfg``; return a summary with the paths it wrote."""
+    if cfg.train.task != "pretrain":
+        raise ValueError("this config has train.task: sft: run it with `clinray sft`")
+    return fit_and_summarize(cfg, plan_run(cfg))
+
+
+def fit_and_summarize(cfg: TrainConfig, plan: RunPlan) -> TrainResult:
+    """Fit the TorchTrainer of ``plan`` (resuming from the run folder's last checkpoint), plot, summarize."""
     from clinray.train.metrics import read_metrics
     from clinray.train.plots import plot_loss_per_source
 
-    plan = plan_run(cfg)
-    run_dir = Path(plan["run_dir"])
+    run_dir = Path(plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = dump(cfg, run_dir / "config.yaml")
-    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     result = build_trainer(cfg, plan).fit()
     if result.error is not None:
         raise result.error
@@ -154,8 +196,8 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
         hf_final=hf_final,
         plot=Path(png),
         checkpoint=result.checkpoint.path if result.checkpoint else None,
-        total_steps=plan["total_steps"],
-        grad_accum=plan["grad_accum"],
+        total_steps=plan.total_steps,
+        grad_accum=plan.grad_accum,
         first=rows[0],
         last=rows[-1],
         config_path=config_path,

@@ -9,12 +9,18 @@ import time
 
 import pytest
 
+from clinray.demo import discover_stages
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+NUM_STAGES = len(discover_stages())
 
 #: Toy sizes: a few training steps, a few questions (the stages and their jobs are the real ones).
 SMALL = [
     "pretrain:train.max_steps=4",
     "pretrain:train.hf_export_every=2",
+    "sft:train.max_steps=2",
+    "sft:sft.option_orders=1",
+    "sft:sft.epochs=1",
     "eval:limit=5",
     "medprompt_eval:limit=1",
     "medprompt_eval:strategies=[zero_shot_cot,cot_ensemble]",
@@ -48,14 +54,15 @@ def test_demo_is_short_and_ends_with_the_results(demo_run):
     assert "Traceback" not in proc.stdout + proc.stderr
     assert lines[-1].startswith("|"), "the terminal ends with a results table"
     out = proc.stdout
-    for needle in ("curation ", "documents parsed", "loss clinical", "Accuracy (%)", "| random_init |"):
+    for needle in ("curation ", "documents parsed", "loss clinical", "Accuracy (%)", "| base |", "| P+N |", "P+F vs F"):
         assert needle in out, needle
     sections = sorted(p.name for p in (run_dir / "sections").glob("*.json"))
-    assert len(sections) == 7 and all(
+    assert len(sections) == NUM_STAGES and all(
         json.loads((run_dir / "sections" / s).read_text())["status"].startswith("ok") for s in sections
     )
     report = (run_dir / "report.md").read_text()
-    assert report.count("\n## ") == 7 and "Checkpoint sweep" in report
+    assert report.count("\n## ") == NUM_STAGES and "Checkpoint sweep" in report
+    assert "Toy Table 2" in report and "Knowledge probe" in report
 
 
 def test_resume_reruns_one_stage_from_disk(demo_run, tmp_path):
@@ -68,7 +75,7 @@ def test_resume_reruns_one_stage_from_disk(demo_run, tmp_path):
     after = json.loads((run_dir / "sections" / "50_pack.json").read_text())
     assert after["status"].startswith("ok") and after["wall_s"] != before["wall_s"]
     assert json.loads((run_dir / "artifacts.json").read_text()) == artifacts  # same paths, rewritten in place
-    assert (run_dir / "report.md").read_text().count("\n## ") == 7  # assembled from every section on disk
+    assert (run_dir / "report.md").read_text().count("\n## ") == NUM_STAGES  # assembled from every section on disk
 
 
 def test_a_stage_whose_inputs_are_missing_stops_before_ray(tmp_path):

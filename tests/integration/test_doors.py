@@ -17,11 +17,12 @@ from clinray.jobs import JOBS
 #: Toy-size overrides per job, applied last by every door.
 SMALL = {
     "pretrain": ["train.max_steps=4", "train.log_every=2", "train.checkpoint_every=2"],
+    "sft": ["train.max_steps=2", "sft.option_orders=1", "sft.epochs=1", "train.log_every=1"],
     "eval": ["limit=4", "tasks=[clinray_medqa_4]", "merge_columns={}"],
     "medprompt_eval": ["limit=1", "strategies=[zero_shot_cot]", "setup.medprompt.max_new_tokens=4"],
 }
 #: Demo stages in pipeline order (each needs the artifacts of the ones before).
-STAGES = ["curate", "pack", "pretrain", "eval", "medprompt"]
+STAGES = ["curate", "pack", "pretrain", "sft", "eval", "medprompt"]
 
 
 @pytest.fixture(scope="module")

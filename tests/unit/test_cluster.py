@@ -61,8 +61,8 @@ GPUS_PER_NODE = 8
 ACCELERATOR = "H100"
 PRETRAIN_RECIPES = ("paper/mistral7b_pretrain", "paper/mixtral8x7b_pretrain")
 #: Pieces added by later issues: referenced by the manifests, marked PENDING in them.
-PENDING_MODULES = {"sft"}
-PENDING_RECIPES = {"paper/sft"}
+PENDING_MODULES: set[str] = set()
+PENDING_RECIPES: set[str] = set()
 SERVE_IMPORT_PATH = "clinray.serve.app:build_app"
 SHARED = "/mnt/shared"
 
@@ -507,16 +507,12 @@ def test_rayjob_pretrain_gpus_match_the_recipe():
     assert cfg.scaling.accelerator_type == ACCELERATOR
 
 
-def test_rayjob_sft_is_sized_like_its_recipe_or_like_pretraining():
+def test_rayjob_sft_is_sized_like_its_recipe():
     spec = _rayjob("rayjob-sft.yaml")["spec"]["rayClusterSpec"]
-    gpus = _total(_gpu_groups(spec), "nvidia.com/gpu")
-    try:
-        resolve_recipe("paper/sft")
-    except ValueError:  # pending: sized like pretraining until the recipe exists
-        assert gpus == _pretrain_scaling("paper/mistral7b_pretrain").num_workers
-    else:
-        scaling = _job_config("rayjob-sft.yaml").scaling
-        assert gpus >= scaling.num_workers * scaling.resources_per_worker.get("GPU", 1)
+    groups = _gpu_groups(spec)
+    _fixed_size(groups)
+    scaling = _job_config("rayjob-sft.yaml").scaling
+    assert _total(groups, "nvidia.com/gpu") == scaling.num_workers * scaling.resources_per_worker.get("GPU", 1) == 32
 
 
 def test_rayjob_eval_cpu_and_gpu_fit_the_recipe():

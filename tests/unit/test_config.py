@@ -95,10 +95,13 @@ RECIPE_CLASSES = {
     "curate": "clinray.data.pipeline:CurateConfig",
     "pack": "clinray.data.pack:PackConfig",
     "pretrain": "clinray.train.config:PretrainConfig",
+    "sft": "clinray.train.config:TrainConfig",
+    "sft_mix": "clinray.sft.mixture:SFTMixture",
     "eval": "clinray.eval.config:EvalConfig",
     "medprompt_eval": "clinray.eval.medprompt_eval:MedpromptEvalConfig",
     "index": "clinray.retrieval.build_index:IndexConfig",
     "medprompt": "clinray.serve.setup:MedpromptRunConfig",
+    "serve": "clinray.serve.run:ServeConfig",
 }
 #: Values a recipe leaves to the command line on purpose.
 RUNTIME_VALUES = {"medprompt_eval": ["setup.engine.model=some/model"]}
@@ -109,7 +112,9 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "clinray" / "configs").r
 def test_every_shipped_recipe_validates(recipe):
     import importlib
 
-    key = "pretrain" if recipe.stem.endswith("_pretrain") else recipe.stem
+    from clinray.recipes import recipe_job
+
+    key = "sft_mix" if recipe.stem.endswith("sft_mix") else recipe_job(recipe.stem)
     assert key in RECIPE_CLASSES, f"{recipe} has no root config class registered in this test"
     module, name = RECIPE_CLASSES[key].split(":")
     cls = getattr(importlib.import_module(module), name)

@@ -41,4 +41,4 @@ def test_relative_paths_reach_workers_absolute(tmp_path, monkeypatch):
     plan = plan_run(cfg)
     assert cfg.model.path == str(tmp_path / "model")
     assert cfg.data.path == str(tmp_path / "blocks")
-    assert Path(plan["run_dir"]).is_absolute()
+    assert Path(plan.run_dir).is_absolute()
