@@ -22,7 +22,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PEER_VENV = ROOT / ".venv-peer"
-PEER_REQUIREMENTS = ["datatrove==0.10.1", "xxhash<4", "spacy", "datasketch", "pyarrow", "lxml", "tokenizers"]
+PEER_REQUIREMENTS = [
+    "datatrove==0.10.1",
+    "xxhash<4",
+    "spacy",
+    "datasketch",
+    "pyarrow",
+    "lxml",
+    "tokenizers",
+    "trl==1.16.0",  # benchmarks/sft_step.py: SFTTrainer with packing
+]
 
 
 def parser(description: str) -> argparse.ArgumentParser:
