@@ -26,6 +26,7 @@ reads SFT rows exactly as it reads pretraining blocks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -169,41 +170,41 @@ def _option_orders(conversations: list, orders: int, seed: int) -> list:
     return out
 
 
-class _Encoder:
-    """Ray Data ``map_batches`` callable: conversations (JSON) to token ids and labels."""
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
 
-    def __init__(self, tokenizer_path: str):
-        from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
 
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
 
-    def __call__(self, batch: dict) -> dict:
-        from clinray.sft.encode import encode_messages
+def _encode_batch(batch: dict, tokenizer_path: str) -> dict:
+    """Ray Data ``map_batches`` function: conversations (JSON) to token ids and labels (the tokenizer is
+    loaded once per worker process)."""
+    from clinray.sft.encode import encode_messages
 
-        ids, labels = [], []
-        for sample_id, source, messages in zip(batch["id"], batch["source"], batch["messages"], strict=True):
-            sample = encode_messages(
-                json.loads(messages), self.tokenizer, sample_id=str(sample_id), source=str(source)
-            )
-            ids.append(sample.input_ids)
-            labels.append(sample.labels)
-        return {"id": batch["id"], "source": batch["source"], "input_ids": ids, "labels": labels}
+    tokenizer = _tokenizer(tokenizer_path)
+    ids, labels = [], []
+    for sample_id, source, messages in zip(batch["id"], batch["source"], batch["messages"], strict=True):
+        sample = encode_messages(
+            json.loads(messages), tokenizer, sample_id=str(sample_id), source=str(source)
+        )
+        ids.append(sample.input_ids)
+        labels.append(sample.labels)
+    return {"id": batch["id"], "source": batch["source"], "input_ids": ids, "labels": labels}
 
 
 def _encode(conversations: list, tokenizer_path: str) -> list:
-    """Tokenize on Ray Data (one actor per spare CPU, up to 4), in the conversations' order."""
+    """Tokenize on Ray Data (tasks of 512 conversations), in the conversations' order."""
     import numpy as np
-    import ray
     import ray.data
 
     from clinray.sft.encode import EncodedSample
 
     rows = [{"id": c.id, "source": c.source, "messages": json.dumps(list(c.messages))} for c in conversations]
-    workers = max(1, min(4, int(ray.available_resources().get("CPU", 1))))
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    ds = ray.data.from_items(rows).map_batches(
-        _Encoder, fn_constructor_args=(tokenizer_path,), batch_size=256, concurrency=workers, num_cpus=1
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // 512)).map_batches(
+        _encode_batch, fn_kwargs={"tokenizer_path": tokenizer_path}, batch_size=512, num_cpus=1
     )
     out = []
     for row in ds.iter_rows():
@@ -266,7 +267,8 @@ def prepare_sft_data(cfg: TrainConfig, out: str | Path) -> dict:
     read = {name: got.counts() for name, got in sets.items()}
     for name, got in sets.items():
         rejects += [
-            {"source": name, "locator": s.locator, "reason": s.reason, "detail": s.detail} for s in got.skipped
+            {"source": name, "locator": s.locator, "reason": s.reason, "detail": s.detail}
+            for s in got.skipped
         ]
         for warning in got.warnings:
             log.warning("sft source %s: %s", name, warning)

@@ -60,7 +60,8 @@ def test_sft_trains_on_packed_answers_with_balanced_accounting(uninterrupted):
     result, rows = uninterrupted
     assert result.ok, result.problems
     assert [r["step"] for r in rows] == list(range(1, NUM_STEPS + 1))
-    assert all(r["loss_medqa"] is not None and r["loss_medmcqa"] is not None for r in rows)
+    # loss per mixture source (a step of 4 rows may hold one source only)
+    assert any(r["loss_medqa"] is not None for r in rows) and any(r["loss_medmcqa"] is not None for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     acc = result.data["accounting"]
     assert acc["conversations"]["balanced"] and acc["samples"]["balanced"]
@@ -109,7 +110,7 @@ def test_a_copied_test_question_is_dropped_and_counted(ray_local, tiny_model_dir
         "    field_map: {prompt: instruction, response: output}\n"
     )
     cfg = _cfg(
-        tmp_path, "leak", tiny_model_dir, world_dir, f"sft.mixture={mixture}", "data.sources=[medqa, web]"
+        tmp_path, "leak", tiny_model_dir, world_dir, f"sft.mixture={mixture}", "sft.paths={}", "data.sources=[medqa, web]"
     )
     manifest = prepare_sft_data(cfg, tmp_path / "data")
     acc = manifest["accounting"]
