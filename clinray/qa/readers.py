@@ -90,19 +90,23 @@ def _check_file(path: Path, benchmark: str, layout: str) -> Path:
     return path
 
 
-def _lines(path: Path) -> Iterator[Item]:
-    """JSON lines: one item per non-blank line, numbered by line."""
-    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+def iter_json_lines(data: bytes, name: str, stem: str) -> Iterator[Item]:
+    """``(locator name:line, native stem:line, record or BadRow)`` per non-blank line of JSON-lines bytes."""
     for num, raw in enumerate(data.splitlines(), 1):
         if not raw.strip():
             continue
-        locator, native = f"{path.name}:{num}", f"{path.stem}:{num}"
+        locator, native = f"{name}:{num}", f"{stem}:{num}"
         try:
             yield locator, native, json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             yield locator, native, BadRow("not_utf8", f"invalid UTF-8 at byte {exc.start} of the line")
         except json.JSONDecodeError as exc:
             yield locator, native, BadRow("bad_json", f"not JSON ({exc.msg})")
+
+
+def _lines(path: Path) -> Iterator[Item]:
+    """JSON lines: one item per non-blank line, numbered by line."""
+    return iter_json_lines(path.read_bytes().removeprefix(b"\xef\xbb\xbf"), path.name, path.stem)
 
 
 def _whole_json(path: Path, layout: str) -> Any:

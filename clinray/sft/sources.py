@@ -243,16 +243,9 @@ def _whole_json(path: Path) -> Any:
 
 
 def _lines(data: bytes, name: str, stem: str) -> Iterator[Row]:
-    for num, raw in enumerate(data.splitlines(), 1):
-        if not raw.strip():
-            continue
-        locator, native = f"{name}:{num}", f"{stem}:{num}"
-        try:
-            yield locator, native, json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            yield locator, native, BadRow("not_utf8", f"invalid UTF-8 at byte {exc.start} of the line")
-        except json.JSONDecodeError as exc:
-            yield locator, native, BadRow("bad_json", f"not JSON ({exc.msg})")
+    from clinray.qa.readers import iter_json_lines
+
+    return iter_json_lines(data, name, stem)
 
 
 def _numbered(records: Iterable[Any], name: str, stem: str) -> list[Row]:
