@@ -14,6 +14,7 @@ import dataclasses
 from typing import Literal
 
 from clinray.data.decontam_config import DecontamConfig
+from clinray.train.lora import LoRASection
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -185,6 +186,9 @@ class TrainSection:
     """Checkpoint and export <run>/hf/final at the end (benchmarks turn it off to time training alone)."""
     fail_at_step: int = -1
     """Testing knob: rank 1 exits once after this step's checkpoint (guarded by a marker in the run dir)."""
+    fail_during_save_at_step: int = -1
+    """Testing knob: rank 1 exits once in the middle of this step's checkpoint save (its shard written, not
+    yet reported), so the checkpoint is never registered and the run resumes from the one before."""
 
     def __post_init__(self) -> None:
         for name in ("global_batch_tokens", "micro_batch_size", "log_every"):
@@ -270,6 +274,8 @@ class TrainConfig:
     """The SFT mixture and its packing (``train.task: sft``)."""
     neftune: NEFTuneSection = dataclasses.field(default_factory=NEFTuneSection)
     """NEFTune noise (``train.task: sft``; alpha 0 is off)."""
+    lora: LoRASection = dataclasses.field(default_factory=LoRASection)
+    """LoRA adapters instead of full fine-tuning (``lora.r: 0`` is off)."""
     optim: OptimSection = dataclasses.field(default_factory=OptimSection)
     """AdamW and schedule."""
     train: TrainSection = dataclasses.field(default_factory=lambda: TrainSection(max_steps=10))

@@ -170,6 +170,7 @@ def _report(
         folder = save_sharded(
             model, optimizer, scheduler, state=state.to_dict(), rank=rank, folder=direct[0] if direct else None
         )
+        _maybe_fail_during_save(cfg, step=step, rank=rank, run_dir=run_dir)
         if direct:
             ray.train.report(
                 metrics,
@@ -190,6 +191,18 @@ def _report(
     if export:
         meta = {"step": step, "tokens_seen": state.tokens_seen, "source_run": str(run_dir), "task": cfg.train.task}
         export_hf(model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank)
+
+
+def _maybe_fail_during_save(cfg, *, step: int, rank: int, run_dir: Path) -> None:
+    """Testing knob: rank 1 dies once between writing its checkpoint shard and reporting it."""
+    if step != cfg.train.fail_during_save_at_step or rank != 1:
+        return
+    marker = run_dir / f".failed_during_save_at_{step}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    os._exit(1)
 
 
 def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None:

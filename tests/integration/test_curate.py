@@ -211,3 +211,38 @@ def test_stages_declare_their_columns_and_the_plan_checks_them_when_built(tmp_pa
         build_stages(cfg, columns=["id", "text", "metadata"])
     with pytest.raises(ValueError, match=r"stage 'decontaminate' needs the column\(s\) \['metadata'\]"):
         build_stages(cfg, columns=["id", "text", "source"])
+
+
+def test_a_parse_worker_killed_mid_call_loses_and_duplicates_nothing(curated, ray_local, world_dir, tmp_path):
+    """One parser call's worker dies after its first file (``readers.fail_once_marker``); Ray retries the
+    call, and the run keeps exactly the undisturbed run's documents with every accounting identity."""
+    clean, clean_docs, clean_rejects = curated
+    marker = tmp_path / "died"
+    cfg = load(
+        CurateConfig,
+        "tiny/curate",
+        [
+            f"input_root={world_dir / 'corpus'}",
+            f"output.dir={tmp_path / 'out'}",
+            f"readers.fail_once_marker={marker}",
+            *GLOBAL_STAGES_OFF,
+        ],
+    )
+    result = run_curation(cfg)
+    assert marker.is_file(), "no parse worker was killed"
+    assert result.problems == []
+    docs = pq.read_table(result.docs_dir).to_pylist()
+    ids = [d["id"] for d in docs]
+    assert len(ids) == len(set(ids)), "a retried call duplicated documents"
+    assert sorted(ids) == sorted(d["id"] for d in clean_docs), "documents lost or added"
+    rejects = read_rejects(result.out_dir / "accounting").to_pylist()
+    assert sorted((r["stage"], r["reason"]) for r in rejects) == sorted(
+        (r["stage"], r["reason"]) for r in clean_rejects
+    )
+    for name, s in result.stages.items():
+        assert s.num_rows_in == s.num_rows_out + sum(s.dropped.values()), name
+        assert (s.num_rows_in, s.num_rows_out, s.dropped) == (
+            clean.stages[name].num_rows_in,
+            clean.stages[name].num_rows_out,
+            clean.stages[name].dropped,
+        ), name

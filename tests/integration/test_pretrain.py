@@ -112,3 +112,31 @@ def test_bad_batch_geometry_is_actionable(tiny_model_dir, blocks_dir, tmp_path):
     cfg = _cfg(tmp_path, "bad", tiny_model_dir, blocks_dir, "train.global_batch_tokens=1000")
     with pytest.raises(ValueError, match="multiple of micro_batch_size"):
         plan_run(cfg)
+
+
+def test_killed_during_a_checkpoint_save_resumes_from_the_previous_one(
+    uninterrupted, ray_local, tiny_model_dir, blocks_dir, tmp_path
+):
+    """Rank 1 dies after writing its shard of step 10's checkpoint and before reporting it: Ray never
+    registers that checkpoint, the group restarts from step 5's, and the losses match the clean run."""
+    from clinray.train.trainer import run_pretrain
+
+    _, clean = uninterrupted
+    summary = run_pretrain(
+        _cfg(
+            tmp_path,
+            "killed_in_save",
+            tiny_model_dir,
+            blocks_dir,
+            f"train.fail_during_save_at_step={NUM_STEPS}",
+        )
+    )
+    run_dir = Path(summary.run_dir)
+    assert (run_dir / f".failed_during_save_at_{NUM_STEPS}").exists(), "the worker was never killed"
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, NUM_STEPS + 1))
+    assert all(r["resumed_from"] == FAIL_AT for r in rows if r["step"] > FAIL_AT), "not resumed from step 5"
+    for ours, ref in zip(rows, clean, strict=True):
+        for key in ("loss", "loss_clinical", "loss_general"):
+            assert ours[key] == pytest.approx(ref[key], abs=TOLERANCE), (ours["step"], key)
+    assert summary.ok and (Path(summary.hf_final) / "model.safetensors").is_file()

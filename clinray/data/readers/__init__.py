@@ -111,6 +111,10 @@ class ReadersConfig:
     """PubMed update files: apply ``<DeleteCitation>`` and later versions of a citation across the MEDLINE
     files, in file order (inputs in order, then file name; a pre-pass scans them, see
     ``clinray.data.readers.pubmed_updates``). Off: every citation of every file is kept."""
+    fail_once_marker: str = ""
+    """Testing knob: when set, the first parser call to find no file at this path creates it after its
+    first file and kills its worker process (``os._exit``); Ray retries the call, which must give the
+    same documents and accounting. A path every worker sees (local tests)."""
     compute: Literal["tasks", "actors"] = "tasks"
     """``tasks``: parsers run as Ray tasks, fused with the row stages that follow (no extra processes,
     least overhead); ``actors``: a pool of long-lived parser actors (pays off when parser set-up is
@@ -226,7 +230,9 @@ class ParseFiles:
             )
         ]
         rows, rejected_files, files_with_docs = [], 0, 0
-        for item in files:
+        for n, item in enumerate(files):
+            if n == 1:
+                _maybe_die(self.cfg.fail_once_marker)
             spec = self.inputs[item["spec"]]
             replaced = json.loads(item["replaced"]) if item["replaced"] else None
             produced = list(parse_file(item["path"], spec=spec, cfg=self.cfg, replaced=replaced))
@@ -249,6 +255,19 @@ class ParseFiles:
         if self.then:
             rows = self.then.run_rows(rows, key=key, num_bytes_in=self.accountant.last_bytes_out)
         return rows_to_table(rows)
+
+
+def _maybe_die(marker: str) -> None:
+    """The ``fail_once_marker`` knob: kill this worker process once, mid-call (after its first file)."""
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one call dies, not several
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os._exit(1)
 
 
 def files_per_call(files: list[dict], cfg: ReadersConfig) -> int:
