@@ -168,7 +168,12 @@ def _report(
     if save:
         direct = _direct_checkpoint_dir(name)
         folder = save_sharded(
-            model, optimizer, scheduler, state=state.to_dict(), rank=rank, folder=direct[0] if direct else None
+            model,
+            optimizer,
+            scheduler,
+            state=state.to_dict(),
+            rank=rank,
+            folder=direct[0] if direct else None,
         )
         _maybe_fail_during_save(cfg, step=step, rank=rank, run_dir=run_dir)
         if direct:
@@ -189,7 +194,12 @@ def _report(
     elif last:
         ray.train.report(metrics)
     if export:
-        meta = {"step": step, "tokens_seen": state.tokens_seen, "source_run": str(run_dir), "task": cfg.train.task}
+        meta = {
+            "step": step,
+            "tokens_seen": state.tokens_seen,
+            "source_run": str(run_dir),
+            "task": cfg.train.task,
+        }
         export_hf(model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank)
 
 

@@ -54,7 +54,15 @@ def test_demo_is_short_and_ends_with_the_results(demo_run):
     assert "Traceback" not in proc.stdout + proc.stderr
     assert lines[-1].startswith("|"), "the terminal ends with a results table"
     out = proc.stdout
-    for needle in ("curation ", "documents parsed", "loss clinical", "Accuracy (%)", "| base |", "| P+N |", "P+F vs F"):
+    for needle in (
+        "curation ",
+        "documents parsed",
+        "loss clinical",
+        "Accuracy (%)",
+        "| base |",
+        "| P+N |",
+        "P+F vs F",
+    ):
         assert needle in out, needle
     sections = sorted(p.name for p in (run_dir / "sections").glob("*.json"))
     assert len(sections) == NUM_STAGES and all(
@@ -75,7 +83,9 @@ def test_resume_reruns_one_stage_from_disk(demo_run, tmp_path):
     after = json.loads((run_dir / "sections" / "50_pack.json").read_text())
     assert after["status"].startswith("ok") and after["wall_s"] != before["wall_s"]
     assert json.loads((run_dir / "artifacts.json").read_text()) == artifacts  # same paths, rewritten in place
-    assert (run_dir / "report.md").read_text().count("\n## ") == NUM_STAGES  # assembled from every section on disk
+    assert (run_dir / "report.md").read_text().count(
+        "\n## "
+    ) == NUM_STAGES  # assembled from every section on disk
 
 
 def test_a_stage_whose_inputs_are_missing_stops_before_ray(tmp_path):

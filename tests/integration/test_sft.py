@@ -110,7 +110,13 @@ def test_a_copied_test_question_is_dropped_and_counted(ray_local, tiny_model_dir
         "    field_map: {prompt: instruction, response: output}\n"
     )
     cfg = _cfg(
-        tmp_path, "leak", tiny_model_dir, world_dir, f"sft.mixture={mixture}", "sft.paths={}", "data.sources=[medqa, web]"
+        tmp_path,
+        "leak",
+        tiny_model_dir,
+        world_dir,
+        f"sft.mixture={mixture}",
+        "sft.paths={}",
+        "data.sources=[medqa, web]",
     )
     manifest = prepare_sft_data(cfg, tmp_path / "data")
     acc = manifest["accounting"]

@@ -512,7 +512,11 @@ def test_rayjob_sft_is_sized_like_its_recipe():
     groups = _gpu_groups(spec)
     _fixed_size(groups)
     scaling = _job_config("rayjob-sft.yaml").scaling
-    assert _total(groups, "nvidia.com/gpu") == scaling.num_workers * scaling.resources_per_worker.get("GPU", 1) == 32
+    assert (
+        _total(groups, "nvidia.com/gpu")
+        == scaling.num_workers * scaling.resources_per_worker.get("GPU", 1)
+        == 32
+    )
 
 
 def test_rayjob_eval_cpu_and_gpu_fit_the_recipe():
