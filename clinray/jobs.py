@@ -153,8 +153,16 @@ JOBS: dict[str, Job] = {
             ray_job="sft",
             worker_output=True,
             flags=(
-                Flag(option="--model", key="model.path", help="HF folder of the model to tune (base or pretrained)"),
-                Flag(option="--mixture", key="sft.mixture", help="SFT mixture recipe (tiny/sft_mix, paper/sft_mix) or YAML"),
+                Flag(
+                    option="--model",
+                    key="model.path",
+                    help="HF folder of the model to tune (base or pretrained)",
+                ),
+                Flag(
+                    option="--mixture",
+                    key="sft.mixture",
+                    help="SFT mixture recipe (tiny/sft_mix, paper/sft_mix) or YAML",
+                ),
             ),
         ),
         Job(
