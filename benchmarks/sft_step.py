@@ -56,30 +56,48 @@ def _data(work: Path, tokenizer_dir: Path, corpus: Path, n: int) -> tuple[Path, 
     from clinray.models.tiny import iter_corpus_texts
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    words = " ".join(t for t in iter_corpus_texts(corpus / "clinical")).split()
+    ids = tok(" ".join(t for t in iter_corpus_texts(corpus / "clinical")), add_special_tokens=False)[
+        "input_ids"
+    ]
     rng = np.random.default_rng(1)
+    system = "You are a biomedical expert."
+    overhead = len(
+        tok(
+            render_messages([{"role": "system", "content": system}, {"role": "user", "content": "x"}])
+            + "<|assistant|>: x</s>",
+            add_special_tokens=False,
+        )["input_ids"]
+    )
+
+    def text(n: int) -> str:  # about n tokens of corpus text, cut at a token boundary
+        start = int(rng.integers(0, len(ids) - n - 1))
+        return tok.decode(ids[start : start + n]).strip() or "x"
+
     ours, peer, lengths = [], [], []
     for i, target in enumerate(_length_mix(n)):
-        answer_len = max(4, int(target * (0.15 if target < 200 else 0.5)))
-        prompt_words = words[rng.integers(0, len(words) - 600) :][: int((target - answer_len) * 0.7)]
-        answer_words = words[rng.integers(0, len(words) - 600) :][: int(answer_len * 0.7)]
-        system, user, assistant = (
-            "You are a biomedical expert.",
-            " ".join(prompt_words),
-            " ".join(answer_words),
+        body = max(8, target - overhead)
+        answer_len = max(4, int(body * (0.15 if target < 200 else 0.5)))
+        user, assistant = text(body - answer_len), text(answer_len)
+        prompt = render_messages([{"role": "system", "content": system}, {"role": "user", "content": user}])
+        length = len(
+            tok(prompt + "<|assistant|>: " + assistant + "</s>", add_special_tokens=False)["input_ids"]
         )
+        if length > SEQ_LEN - 2:  # re-tokenizing at a cut can add a token or two: keep every sample in a row
+            continue
         ours.append(
             {"id": f"b{i}", "system": system, "prompter": user, "assistant": assistant, "source": "bench"}
         )
-        prompt = render_messages([{"role": "system", "content": system}, {"role": "user", "content": user}])
         peer.append({"prompt": prompt + "<|assistant|>:", "completion": " " + assistant})
-        lengths.append(
-            len(tok(prompt + "<|assistant|>: " + assistant + "</s>", add_special_tokens=False)["input_ids"])
-        )
+        lengths.append(length)
     ours_path, peer_path = work / "ours.jsonl", work / "peer.jsonl"
     ours_path.write_text("".join(json.dumps(r) + "\n" for r in ours))
     peer_path.write_text("".join(json.dumps(r) + "\n" for r in peer))
-    mix = {"median": float(np.median(lengths)), "mean": float(np.mean(lengths)), "max": int(max(lengths))}
+    mix = {
+        "samples": len(lengths),
+        "median": float(np.median(lengths)),
+        "mean": float(np.mean(lengths)),
+        "max": int(max(lengths)),
+    }
     return ours_path, peer_path, mix
 
 

@@ -159,9 +159,20 @@ def build_on_meta(model_cfg, *, device: torch.device, seed: int = 0, seq_len: in
 
 
 def apply_fsdp(
-    model, model_cfg, fsdp_cfg, *, device: torch.device, mesh=None, reshard_root: bool | None = None
+    model,
+    model_cfg,
+    fsdp_cfg,
+    *,
+    device: torch.device,
+    mesh=None,
+    reshard_root: bool | None = None,
+    groups: Callable[[torch.nn.Module], list[torch.nn.Module]] | None = None,
 ):
-    """Step 3: ``fully_shard`` each decoder layer, then the root, on one device mesh (torchtitan's order)."""
+    """Step 3: ``fully_shard`` each decoder layer, then the root, on one device mesh (torchtitan's order).
+
+    ``groups(layer)``: modules inside a decoder layer sharded first as one group of their own (LoRA's
+    adapters, :mod:`clinray.train.lora`), so the layer's group holds only the base weights.
+    """
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -185,6 +196,9 @@ def apply_fsdp(
             layer.compile()
         # the last layer's parameters are needed right away by backward: keep them gathered
         reshard = fsdp_cfg.reshard_after_forward and i < len(layers) - 1
+        inner = groups(layer) if groups is not None else []
+        if inner:
+            fully_shard(inner, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
         fully_shard(
             layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard, shard_placement_fn=placement
         )
@@ -193,8 +207,12 @@ def apply_fsdp(
     return model
 
 
-def load_weights(model, model_cfg, *, device: torch.device) -> None:
-    """Step 4: materialize the shards and broadcast the folder's weights into them from rank 0."""
+def load_weights(model, model_cfg, *, device: torch.device, converters: Sequence[Callable] = ()) -> None:
+    """Step 4: materialize the shards and broadcast the folder's weights into them from rank 0.
+
+    A converter may carry ``source_key(name) -> str | None`` (the folder's name of a model entry; None:
+    not in the folder) and ``initial_state() -> dict`` (the full values of those entries), e.g. LoRA.
+    """
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -202,13 +220,23 @@ def load_weights(model, model_cfg, *, device: torch.device) -> None:
         model.to_empty(device=device)
         _reset_rotary_buffers(model, device)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    source = {name: name for name in model.state_dict()}
+    for convert in converters:
+        if hasattr(convert, "source_key"):
+            source = {n: convert.source_key(s) for n, s in source.items() if s is not None}
+    source = {n: s for n, s in source.items() if s is not None}
     full = (
         _rank0_state_dict(
-            model_cfg.path, expected=set(model.state_dict()), tied=model.config.tie_word_embeddings
+            model_cfg.path, expected=set(source.values()), tied=model.config.tie_word_embeddings
         )
         if rank0
         else {}
     )
+    if rank0 and any(n != s for n, s in source.items()):
+        full = {n: full[s] for n, s in source.items() if s in full}
+    for convert in converters:
+        if rank0 and hasattr(convert, "initial_state"):
+            full.update(convert.initial_state())
     set_model_state_dict(
         model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
     )
@@ -236,12 +264,27 @@ def build_model(
         seq_len: the training block length (drops a sliding window it fits in; None keeps the config).
         reshard_root: None leaves the root to FSDP2's default (gathered after forward); True is the
             behaviour before it, kept for the check kit's comparison.
-        converters: callables applied to the unsharded model, in order.
+        converters: callables applied to the unsharded model, in order. Optional hooks on a converter:
+            ``fsdp_groups(layer)`` (see :func:`apply_fsdp`), ``source_key`` and ``initial_state``
+            (see :func:`load_weights`).
     """
     model = build_on_meta(model_cfg, device=device, seed=seed, seq_len=seq_len)
     for convert in converters:
         convert(model)
-    apply_fsdp(model, model_cfg, fsdp_cfg, device=device, mesh=mesh, reshard_root=reshard_root)
-    load_weights(model, model_cfg, device=device)
+    hooks = [c.fsdp_groups for c in converters if hasattr(c, "fsdp_groups")]
+
+    def groups(layer) -> list[torch.nn.Module]:
+        return [m for hook in hooks for m in hook(layer)]
+
+    apply_fsdp(
+        model,
+        model_cfg,
+        fsdp_cfg,
+        device=device,
+        mesh=mesh,
+        reshard_root=reshard_root,
+        groups=groups if hooks else None,
+    )
+    load_weights(model, model_cfg, device=device, converters=converters)
     model.train()
     return model

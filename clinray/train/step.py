@@ -225,7 +225,8 @@ def compute_dtype(fsdp_cfg, device: torch.device) -> str:
 def build_converters(cfg, *, rank: int) -> tuple[list, dict]:
     """The model converters a config asks for (applied before sharding) and the objects they made.
 
-    Pretraining: none. SFT with ``neftune.alpha > 0``: the NEFTune hook (``made["neftune"]``).
+    Pretraining: none. SFT with ``neftune.alpha > 0``: the NEFTune hook (``made["neftune"]``). Any task
+    with ``lora.r > 0``: LoRA injected before sharding (``made["lora"]``).
     """
     made: dict = {}
     converters = []
@@ -243,6 +244,11 @@ def build_converters(cfg, *, rank: int) -> tuple[list, dict]:
             )
 
         converters.append(neftune)
+    if cfg.lora.enabled:
+        from clinray.train.lora import lora_converter
+
+        made["lora"] = lora_converter(cfg.lora, seed=cfg.train.seed)
+        converters.append(made["lora"])
     return converters, made
 
 

@@ -1,0 +1,381 @@
+"""LoRA (peft) on any training run, under FSDP2: injection before sharding, adapter-only DCP checkpoints,
+and exports as a peft adapter folder or merged HF weights behind a logits-equivalence gate.
+
+The adapter is injected into the plain ``*ForCausalLM`` with ``peft.inject_adapter_in_model`` (no
+``PeftModel`` wrapper), on the meta device, before ``fully_shard``: the module tree keeps its names
+(``model.layers``), so :func:`clinray.train.fsdp.apply_fsdp`, the loss and the loop run unchanged. Three
+hooks the converter carries tell :func:`clinray.train.fsdp.build_model` what differs: ``fsdp_groups``
+(each decoder layer's LoRA modules become one ``fully_shard`` group of their own, so one dtype per group
+holds even beside a bf16-stored base: the mixed-precision assertion of an fp32 adapter in a bf16 group
+cannot trip), ``source_key`` (``q_proj.base_layer.weight`` reads ``q_proj.weight`` from the folder) and
+``initial_state`` (lora_A Kaiming-uniform from the run's seed, lora_B zero, built on rank 0 and
+broadcast with the base weights). Only adapter and ``modules_to_save`` parameters require grad, so
+AdamW (which takes trainable parameters only) holds state for them alone.
+
+Adapter checkpoints are DCP shards of the trainable entries of ``get_model_state_dict`` (plus their
+optimizer state): every rank writes its own slice, so resuming on N ranks restores all of each adapter,
+not rank 0's 1/N of it (the accelerate ``adapter_only`` bug, notes/sft.md 5.5). Exports gather each
+adapter tensor to rank 0 (one collective per tensor) and load it into a CPU ``PeftModel`` over the base
+folder, which writes peft's own ``adapter_config.json`` + ``adapter_model.safetensors`` or runs
+``merge_and_unload(safe_merge=True)`` in fp32. The trade-off: rank 0 holds one full fp32 CPU copy of the
+base model during an export (28 GB for Mistral-7B), in exchange for peft's file layout and a merge that
+is checked against the unmerged model on a fixed batch before anything is written (merging is exact in
+fp32 to ~1e-7 and drifts by ~1e-2 in bf16, notes/sft.md 5.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+ADAPTER = "default"
+ADAPTER_STATE_FILE = "clinray_adapter.json"
+MERGE_TOLERANCE = 1e-5
+__all__ = [
+    "LoRASection",
+    "LoRAConverter",
+    "lora_converter",
+    "is_adapter_key",
+    "trainable_state_dict",
+    "save_adapter",
+    "load_adapter",
+    "gather_adapter",
+    "export_adapter",
+    "export_merged",
+    "merge_gate",
+]
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class LoRASection:
+    """LoRA (peft ``LoraConfig``) on the run's model; ``r: 0`` trains the full model as before."""
+
+    r: int = 0
+    """Rank of each adapter; 0 turns LoRA off."""
+    alpha: float = 16.0
+    """``lora_alpha``: the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input while training."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt (``[q_proj, v_proj]``), or ``all-linear`` (every linear layer but the LM head)."""
+    modules_to_save: list[str] = dataclasses.field(default_factory=list)
+    """Modules trained in full beside the adapters and saved with them (e.g. ``[lm_head]``)."""
+    merge_on_export: bool = False
+    """Export merged HF weights (behind the logits gate) instead of a separate adapter folder."""
+
+    def __post_init__(self) -> None:
+        if self.r < 0:
+            raise ValueError(f"lora.r must be >= 0 (0: off), got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            raise ValueError(
+                f"lora.target_modules {self.target_modules!r}: give a list of module names or 'all-linear'"
+            )
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError(
+                "lora.target_modules is empty: name modules (e.g. [q_proj, v_proj]) or 'all-linear'"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
+
+    def peft_config(self, **extra):
+        """The ``peft.LoraConfig`` of this section (``extra``: e.g. ``task_type``)."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            modules_to_save=list(self.modules_to_save) or None,
+            **extra,
+        )
+
+
+def is_adapter_key(name: str) -> bool:
+    """True for LoRA tensors and ``modules_to_save`` copies (the entries an adapter checkpoint holds)."""
+    return ".lora_" in name or ".modules_to_save." in name
+
+
+class LoRAConverter:
+    """``converter(model)`` for :func:`clinray.train.fsdp.build_model`: inject LoRA, freeze the rest.
+
+    Also carries the three optional hooks ``build_model`` reads (see the module docstring).
+    """
+
+    def __init__(self, section: LoRASection, *, seed: int = 0) -> None:
+        if not section.enabled:
+            raise ValueError("lora.r is 0: LoRA is off, there is nothing to convert")
+        self.section = section
+        self.seed = seed
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.peft_cfg = None
+
+    def __call__(self, model) -> None:
+        from peft import inject_adapter_in_model
+
+        self.peft_cfg = self.section.peft_config()
+        inject_adapter_in_model(self.peft_cfg, model, adapter_name=ADAPTER)
+        dtypes = {p.dtype for n, p in model.named_parameters() if not is_adapter_key(n)}
+        base_dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        for name, param in model.named_parameters():
+            trainable = is_adapter_key(name)
+            param.requires_grad_(trainable)
+            if (
+                trainable and param.dtype != base_dtype
+            ):  # one dtype for the whole model: FSDP2's policy casts it
+                param.data = param.data.to(base_dtype)
+            if ".lora_" in name:
+                self.shapes[name] = tuple(param.shape)
+        if not self.shapes:
+            raise ValueError(
+                f"lora.target_modules {self.section.target_modules!r} matched no module of the model"
+            )
+
+    # --- hooks read by clinray.train.fsdp.build_model -------------------------------------------------
+    @staticmethod
+    def fsdp_groups(layer: torch.nn.Module) -> list[torch.nn.Module]:
+        """The LoRA A/B modules of one decoder layer: sharded together as their own ``fully_shard`` group."""
+        from peft.tuners.lora import LoraLayer
+
+        mods: list[torch.nn.Module] = []
+        for module in layer.modules():
+            if isinstance(module, LoraLayer):
+                for name in module.lora_A:
+                    mods += [module.lora_A[name], module.lora_B[name]]
+        return mods
+
+    @staticmethod
+    def source_key(name: str) -> str | None:
+        """The folder's name for a model entry; None for LoRA tensors (made by :meth:`initial_state`)."""
+        if ".lora_" in name:
+            return None
+        name = name.replace(".base_layer.", ".").replace(".original_module.", ".")
+        return name.replace(f".modules_to_save.{ADAPTER}.", ".")
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """peft's default init, seeded: lora_A Kaiming-uniform (a = sqrt 5), lora_B zero (the update starts at 0)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        out: dict[str, torch.Tensor] = {}
+        for name in sorted(self.shapes):
+            shape = self.shapes[name]
+            if ".lora_A." in name:
+                bound = 1.0 / math.sqrt(shape[1])  # kaiming_uniform_(a=sqrt(5)) on (r, in)
+                out[name] = (torch.rand(shape, generator=gen) * 2 - 1) * bound
+            else:
+                out[name] = torch.zeros(shape)
+        return out
+
+
+def lora_converter(section: LoRASection, *, seed: int = 0) -> LoRAConverter:
+    """The converter that puts ``section``'s LoRA on a model before FSDP2 sharding."""
+    return LoRAConverter(section, seed=seed)
+
+
+def _trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def trainable_state_dict(model) -> dict:
+    """The trainable entries of ``get_model_state_dict`` (DTensor shards under FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    names = _trainable_names(model)
+    return {k: v for k, v in get_model_state_dict(model).items() if k in names}
+
+
+def save_adapter(
+    model, folder: str | Path, *, optimizer=None, state: dict | None = None, rank: int = 0
+) -> Path:
+    """Write the adapter (and optimizer state, if given) as DCP shards, every rank its own slice.
+
+    Collective: every rank calls it with the same ``folder``. Rank 0 also writes ``clinray_adapter.json``.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = {"adapter": trainable_state_dict(model)}
+    if optimizer is not None:
+        target["optim"] = get_state_dict(model, optimizer)[1]
+    dcp.save(target, checkpoint_id=str(folder))
+    if rank == 0:
+        meta = {"keys": sorted(target["adapter"]), "with_optimizer": optimizer is not None, **(state or {})}
+        (folder / ADAPTER_STATE_FILE).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_adapter(model, folder: str | Path, *, optimizer=None) -> dict:
+    """Restore what :func:`save_adapter` wrote into a model built with the same LoRA; return its state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
+
+    folder = Path(folder)
+    meta_path = folder / ADAPTER_STATE_FILE
+    if not meta_path.is_file() or not (folder / ".metadata").is_file():
+        raise ValueError(
+            f"{folder} is not a clinray adapter checkpoint (missing {ADAPTER_STATE_FILE} or .metadata)"
+        )
+    meta = json.loads(meta_path.read_text())
+    adapter = trainable_state_dict(model)
+    if sorted(adapter) != meta["keys"]:
+        missing = sorted(set(meta["keys"]) ^ set(adapter))[:3]
+        raise ValueError(
+            f"adapter checkpoint {folder} does not fit this model's LoRA (keys differ, e.g. {missing})"
+        )
+    target = {"adapter": adapter}
+    if optimizer is not None:
+        if not meta["with_optimizer"]:
+            raise ValueError(f"adapter checkpoint {folder} holds no optimizer state")
+        target["optim"] = get_state_dict(model, optimizer)[1]
+    dcp.load(target, checkpoint_id=str(folder))
+    options = StateDictOptions(strict=False)
+    if optimizer is None:
+        set_model_state_dict(model, target["adapter"], options=options)
+    else:
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=target["adapter"],
+            optim_state_dict=target["optim"],
+            options=options,
+        )
+    return {k: v for k, v in meta.items() if k not in ("keys", "with_optimizer")}
+
+
+def gather_adapter(model, *, rank: int = 0) -> dict[str, torch.Tensor]:
+    """The full adapter tensors on rank 0 (CPU, fp32); ``{}`` elsewhere. Collective, in name order."""
+    out: dict[str, torch.Tensor] = {}
+    params = dict(model.named_parameters())
+    for name in sorted(_trainable_names(model)):
+        tensor = params[name].detach()
+        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        if rank == 0:
+            out[name] = full.to("cpu", torch.float32).clone()
+    return out
+
+
+def _cpu_peft_model(model_path: str | Path, section: LoRASection, adapter: dict[str, torch.Tensor]):
+    """A CPU fp32 ``PeftModel`` over the base folder holding ``adapter`` (names as in the trained model)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    peft_model = get_peft_model(base, section.peft_config(task_type="CAUSAL_LM"), adapter_name=ADAPTER)
+    inner = peft_model.base_model.model  # the *ForCausalLM, whose names the trained model shares
+    missing = set(adapter) - set(inner.state_dict())
+    if missing:
+        raise ValueError(f"adapter tensors with no place in a fresh peft model, e.g. {sorted(missing)[:3]}")
+    inner.load_state_dict(adapter, strict=False)
+    return peft_model.eval()
+
+
+def _gate_batch(vocab_size: int, *, seed: int = 0, shape: tuple[int, int] = (2, 16)) -> torch.Tensor:
+    return torch.randint(0, vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def merge_gate(peft_model, *, tolerance: float = MERGE_TOLERANCE, seed: int = 0):
+    """Merge in fp32 and compare logits with the unmerged model on a fixed batch; return (merged, report)."""
+    ids = _gate_batch(peft_model.config.vocab_size, seed=seed)
+    dtype = next(peft_model.parameters()).dtype
+    with torch.no_grad():
+        unmerged = peft_model(input_ids=ids).logits.float()
+        merged = peft_model.merge_and_unload(safe_merge=True)
+        after = merged(input_ids=ids).logits.float()
+    diff = float((after - unmerged).abs().max())
+    report = {
+        "max_abs_logit_diff": diff,
+        "dtype": str(dtype).removeprefix("torch."),
+        "tolerance": tolerance,
+        "batch_shape": list(ids.shape),
+        "passed": diff <= tolerance,
+    }
+    return merged, report
+
+
+def _write_atomically(out: Path, write) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _copy_tokenizer(model_path: str | Path, dest: Path) -> None:
+    for name in os.listdir(model_path):
+        if name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
+            shutil.copy2(Path(model_path) / name, dest / name)
+
+
+def export_adapter(
+    model, *, model_path: str | Path, section: LoRASection, out: str | Path, meta: dict, rank: int = 0
+) -> Path | None:
+    """A peft adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) for the base at
+    ``model_path``. Collective (the gather); rank 0 writes and returns the folder."""
+    adapter = gather_adapter(model, rank=rank)
+    if rank != 0:
+        return None
+    peft_model = _cpu_peft_model(model_path, section, adapter)
+
+    def write(tmp: Path) -> None:
+        peft_model.save_pretrained(tmp)
+        (tmp / "clinray_meta.json").write_text(json.dumps({**meta, "base_model": str(model_path)}, indent=2))
+
+    return _write_atomically(Path(out), write)
+
+
+def export_merged(
+    model,
+    *,
+    model_path: str | Path,
+    section: LoRASection,
+    out: str | Path,
+    meta: dict,
+    rank: int = 0,
+    dtype: torch.dtype = torch.float32,
+    tolerance: float = MERGE_TOLERANCE,
+) -> Path | None:
+    """HF weights with the adapter merged in (fp32 merge on a rank-0 CPU copy), written only if the
+    merged model's logits match the unmerged ones within ``tolerance``; the gate's max |diff| and dtype
+    go to ``clinray_meta.json``. Raises ValueError (nothing written) when the gate fails."""
+    adapter = gather_adapter(model, rank=rank)
+    if rank != 0:
+        return None
+    merged, report = merge_gate(_cpu_peft_model(model_path, section, adapter), tolerance=tolerance)
+    if not report["passed"]:
+        raise ValueError(
+            f"merged export refused: max |logit diff| {report['max_abs_logit_diff']:.3g} > {tolerance:g} "
+            f"(merge in {report['dtype']})"
+        )
+
+    def write(tmp: Path) -> None:
+        merged.to(dtype).save_pretrained(tmp)
+        _copy_tokenizer(model_path, tmp)
+        full_meta = {**meta, "merge_gate": report, "export_dtype": str(dtype).removeprefix("torch.")}
+        (tmp / "clinray_meta.json").write_text(json.dumps(full_meta, indent=2))
+
+    return _write_atomically(Path(out), write)
