@@ -36,7 +36,16 @@ from clinray.prompting.templates import Example, build_prompt, option_display, s
 if TYPE_CHECKING:
     from clinray.engines.base import GenerationEngine
 
-__all__ = ["STRATEGIES", "MedpromptConfig", "MedpromptAnswer", "RunRecord", "answer_question", "answer_batch"]
+__all__ = [
+    "STRATEGIES",
+    "MedpromptConfig",
+    "MedpromptAnswer",
+    "RunRecord",
+    "answer_question",
+    "answer_batch",
+    "parse_runs",
+    "apply_scores",
+]
 
 Strategy = Literal["zero_shot_cot", "static_fewshot_cot", "knn_fewshot_cot", "cot_ensemble"]
 STRATEGIES: tuple[str, ...] = ("zero_shot_cot", "static_fewshot_cot", "knn_fewshot_cot", "cot_ensemble")
@@ -66,6 +75,11 @@ class MedpromptConfig:
     """Show options as ``A. text`` (answers may then be letters)."""
     seed: int = 0
     """Seed of the static draw, the permutations and the sampling."""
+    shuffle_examples: bool = True
+    """cot_ensemble only: permute the few-shot examples too (the paper's preset). False keeps them in one
+    order across the runs and shuffles only the options (promptbase's choice-shuffle), so the n prompts
+    share their few-shot prefix, which vLLM's prefix caching and the transformers engine's
+    ``share_prefix`` compute once; the trade-off is less diversity between the runs."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -170,7 +184,11 @@ def _plan(item: Mapping[str, Any], cfg: MedpromptConfig, retriever, pool, window
     if cfg.strategy == "cot_ensemble":
         rng = random.Random(f"{cfg.seed}:{qid or question}")
         perms = distinct_permutations(cfg.num_runs, len(options), rng=rng)
-        example_perms = distinct_permutations(cfg.num_runs, len(examples), rng=rng) if examples else None
+        example_perms = (
+            distinct_permutations(cfg.num_runs, len(examples), rng=rng)
+            if examples and cfg.shuffle_examples
+            else None
+        )
     else:
         perms, example_perms = [tuple(range(len(options)))], None
     # Whole examples leave a prompt too long for the window: kNN's least similar (first in its list)
@@ -214,6 +232,17 @@ def _resolve_runs(
     plans: list[_Plan], completions: list[str], engine, cfg: MedpromptConfig
 ) -> list[list[RunRecord]]:
     """Parse every run; score the options of the runs that need it, all in one batch."""
+    runs, pending, requests = parse_runs(plans, completions, cfg)
+    apply_scores(pending, _score_all(engine, requests))
+    return runs
+
+
+def parse_runs(plans: list[_Plan], completions: list[str], cfg: MedpromptConfig):
+    """Parse every run: ``(runs per plan, runs pending a score, their (context, continuations))``.
+
+    Split from the scoring so that a caller that reaches the engine asynchronously (the served
+    ingress) can send the score requests itself and then call :func:`apply_scores`.
+    """
     runs: list[list[RunRecord]] = []
     pending: list[tuple[RunRecord, list[int]]] = []
     requests: list[tuple[str, list[str]]] = []
@@ -246,10 +275,14 @@ def _resolve_runs(
             records.append(record)
         at += len(plan.prompts)
         runs.append(records)
-    for (record, perm), scores in zip(pending, _score_all(engine, requests), strict=True):
-        record.option_scores = [float(s) for s in scores]
-        record.mapped_back = map_back(perm, max(range(len(scores)), key=lambda j: scores[j]))
-    return runs
+    return runs, pending, requests
+
+
+def apply_scores(pending: list[tuple[RunRecord, list[int]]], scores: Sequence[Sequence[float]]) -> None:
+    """Answer each pending run by its best-scored option (mapped back to the original order)."""
+    for (record, perm), row in zip(pending, scores, strict=True):
+        record.option_scores = [float(s) for s in row]
+        record.mapped_back = map_back(perm, max(range(len(row)), key=lambda j: row[j]))
 
 
 def answer_batch(

@@ -11,7 +11,7 @@ import pytest
 
 from clinray.demo import discover_stages
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 NUM_STAGES = len(discover_stages())
 
 #: Toy sizes: a few training steps, a few questions (the stages and their jobs are the real ones).
