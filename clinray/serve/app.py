@@ -135,6 +135,7 @@ class AutoscalingArgs(_Args):
 
 class DeploymentArgs(_Args):
     num_cpus: float = Field(default=0.5, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
     autoscaling: AutoscalingArgs = Field(default_factory=AutoscalingArgs)
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     """Default: from the batch settings (LLM) or the in-flight limit (ingress)."""
@@ -180,7 +181,7 @@ class ServeArgs(_Args):
 def _serve_options(d: DeploymentArgs, *, default_ongoing: int) -> dict[str, Any]:
     a = d.autoscaling
     return {
-        "ray_actor_options": {"num_cpus": d.num_cpus},
+        "ray_actor_options": {"num_cpus": d.num_cpus, **({"num_gpus": d.num_gpus} if d.num_gpus else {})},
         "max_ongoing_requests": d.max_ongoing_requests or default_ongoing,
         "autoscaling_config": {
             "min_replicas": a.min_replicas,
