@@ -2,7 +2,7 @@
 
 F and N tune the starting model, P+F and P+N the pretrained one; N and P+N add NEFTune (alpha 5). All
 four use the world's MedQA and MedMCQA *train* questions (the 100 train facts) in the Figure 4/5
-format, decontaminated against the test questions, packed best-fit into 1,024-token rows, loss on the
+format, decontaminated against the test questions, packed best-fit into 512-token rows, loss on the
 answers only, on 2 Ray Train workers. The held-out facts appear only in the corpus, so only a model
 that learnt them in pretraining can answer the test questions after SFT (``docs/tiny_world.md``).
 """
