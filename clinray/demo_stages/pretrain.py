@@ -13,7 +13,7 @@ from clinray.demo import DemoContext, Section
 
 ORDER = 60
 TITLE = "Continued pretraining (Ray Train, FSDP2)"
-BUDGET_S = 330
+BUDGET_S = 300
 NEEDS = ("token_blocks", "tiny_model")
 USES = ("world",)
 MAKES = ("pretrained_model", "pretrain_run")

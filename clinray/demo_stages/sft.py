@@ -16,7 +16,7 @@ from clinray.demo import DemoContext, Section
 
 ORDER = 70
 TITLE = "Instruction tuning: F, N, P+F, P+N (Ray Train, FSDP2, packed, NEFTune)"
-BUDGET_S = 240
+BUDGET_S = 270
 NEEDS = ("world", "tiny_model", "pretrained_model")
 MAKES = ("sft_model", "neftune_model", "sft_base_model", "neftune_base_model")
 RECIPE = "tiny/sft"
