@@ -96,6 +96,18 @@ class DemoContext:
         return result
 
 
+#: The demo's models, best first: what a stage that needs "the best model so far" takes.
+BEST_MODELS = ("sft_model", "pretrained_model", "tiny_model")
+
+
+def best_model(ctx: DemoContext, *, stage: str) -> tuple[str, str]:
+    """``(artifact key, path)`` of the best model the run has made so far (SFT, pretrained, random)."""
+    for key in BEST_MODELS:
+        if ctx.artifacts.get(key):
+            return key, ctx.artifacts[key]
+    raise ValueError(f"the {stage} stage needs a model: run the tiny model stage first")
+
+
 def discover_stages() -> list[Any]:
     modules = [
         importlib.import_module(f"clinray.demo_stages.{m.name}")

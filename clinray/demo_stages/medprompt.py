@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clinray.demo import DemoContext, Section
+from clinray.demo import best_model as _best_model
 
 ORDER = 90
 TITLE = "Medprompt: example store and prompting strategies"
@@ -26,10 +27,7 @@ MAX_NEW_TOKENS = 32
 
 
 def best_model(ctx: DemoContext) -> tuple[str, str]:
-    for key in ("sft_model", "pretrained_model", "tiny_model"):
-        if ctx.artifacts.get(key):
-            return key, ctx.artifacts[key]
-    raise ValueError("the Medprompt stage needs a model: run the tiny model stage first")
+    return _best_model(ctx, stage="Medprompt")
 
 
 def index_overrides(ctx: DemoContext) -> list[str]:

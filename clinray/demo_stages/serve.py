@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from clinray.demo import DemoContext, Section
+from clinray.demo import best_model as _best_model
 
 ORDER = 95
 TITLE = "Serving: the Medprompt endpoint on Ray Serve"
@@ -26,10 +27,7 @@ MAX_NEW_TOKENS = 32
 
 
 def best_model(ctx: DemoContext) -> tuple[str, str]:
-    for key in ("sft_model", "pretrained_model", "tiny_model"):
-        if ctx.artifacts.get(key):
-            return key, ctx.artifacts[key]
-    raise ValueError("the serving stage needs a model: run the tiny model stage first")
+    return _best_model(ctx, stage="serving")
 
 
 def overrides(ctx: DemoContext) -> list[str]:
