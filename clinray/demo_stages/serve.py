@@ -99,7 +99,10 @@ def run(ctx: DemoContext) -> Section:
         notes=notes,
         headline=[
             "",
-            f"Served Medprompt ({model_key}): answer {r['answer']} ({r['answer_text']}), "
-            f"votes {r['votes']}, {len(r['exemplars'])} exemplars, {result.request_s:.2f} s",
+            f"Served Medprompt ({model_key}, POST /v1/medprompt over HTTP):",
+            "| answer | votes | exemplars | seconds |",
+            "|---|---|---|---:|",
+            f"| {r['answer']} ({r['answer_text']}) | {' '.join(f'{k}:{v}' for k, v in sorted(r['votes'].items()))} "
+            f"| {len(r['exemplars'])} | {result.request_s:.2f} |",
         ],
     )
