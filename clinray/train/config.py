@@ -14,7 +14,7 @@ import dataclasses
 from typing import Literal
 
 from clinray.data.decontam_config import DecontamConfig
-from clinray.train.lora import LoRASection
+from clinray.train.lora_config import LoRASection
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)

@@ -203,13 +203,30 @@ def _report(
         export_hf(model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank)
 
 
+def _wait_registered(run_dir: Path, name: str, timeout_s: float = 60.0) -> None:
+    """Wait until the controller has registered checkpoint ``name`` (it writes its snapshot then)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (snapshot.exists() and name in snapshot.read_text()):
+        time.sleep(0.2)
+
+
 def _maybe_fail_during_save(cfg, *, step: int, rank: int, run_dir: Path) -> None:
-    """Testing knob: rank 1 dies once between writing its checkpoint shard and reporting it."""
+    """Testing knob: rank 1 dies once between writing its checkpoint shard and reporting it.
+
+    It first waits until the previous checkpoint is registered: the controller takes reports when it
+    polls the workers, and a death within one poll interval of the previous report would otherwise
+    lose that report too, which is Ray's behaviour for two failures in a row, not the case under test.
+    """
     if step != cfg.train.fail_during_save_at_step or rank != 1:
         return
     marker = run_dir / f".failed_during_save_at_{step}"
     if marker.exists():
         return
+    every = cfg.train.checkpoint_every
+    previous = (step - 1) // every * every if every else 0
+    if previous > 0:
+        _wait_registered(run_dir, f"checkpoint_{previous:07d}")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
     os._exit(1)
@@ -224,11 +241,7 @@ def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
-    # die only once the controller has registered this step's checkpoint (it writes the snapshot then)
-    snapshot, name = run_dir / "checkpoint_manager_snapshot.json", f"checkpoint_{step:07d}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (snapshot.exists() and name in snapshot.read_text()):
-        time.sleep(0.2)
+    _wait_registered(run_dir, f"checkpoint_{step:07d}")  # die only once this step's checkpoint is registered
     os._exit(1)
 
 
