@@ -578,6 +578,22 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _event_stream(body: dict, *, object_type: str, choices, usage: dict | None):
+    """An OpenAI server-sent-event stream: one chunk per choice delta, the usage chunk when asked, ``[DONE]``."""
+    from fastapi.responses import StreamingResponse
+
+    base = {"id": body["id"], "object": object_type, "created": body["created"], "model": body["model"]}
+
+    def events():
+        for choice in choices:
+            yield _sse({**base, "choices": [choice]})
+        if usage is not None:
+            yield _sse({**base, "choices": [], "usage": usage})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
@@ -600,7 +616,7 @@ def _build_fastapi(ing: Ingress):
     """The FastAPI app of one ingress replica (routes close over the replica's handles and settings)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from clinray.serve.security import error_response
@@ -687,36 +703,15 @@ def _build_fastapi(ing: Ingress):
             return JSONResponse(body)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def events():
-            base = {
-                "id": body["id"],
-                "object": "chat.completion.chunk",
-                "created": body["created"],
-                "model": body["model"],
-            }
+        def chunks():
             for i, text in enumerate(texts):
-                yield _sse(
-                    {
-                        **base,
-                        "choices": [
-                            {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                        ],
-                    }
-                )
+                yield {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                 for piece in _pieces(text):
-                    yield _sse(
-                        {
-                            **base,
-                            "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": None}],
-                        }
-                    )
-                finish = body["choices"][i]["finish_reason"]
-                yield _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": finish}]})
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
-            yield "data: [DONE]\n\n"
+                    yield {"index": i, "delta": {"content": piece}, "finish_reason": None}
+                yield {"index": i, "delta": {}, "finish_reason": body["choices"][i]["finish_reason"]}
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        usage = _usage(prompt_tokens, completion_tokens) if include_usage else None
+        return _event_stream(body, object_type="chat.completion.chunk", choices=chunks(), usage=usage)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -726,46 +721,15 @@ def _build_fastapi(ing: Ingress):
             return JSONResponse(body)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def events():
-            base = {
-                "id": body["id"],
-                "object": "text_completion",
-                "created": body["created"],
-                "model": body["model"],
-            }
+        def chunks():
             for choice in body["choices"]:
+                index = choice["index"]
                 for piece in _pieces(choice["text"]):
-                    yield _sse(
-                        {
-                            **base,
-                            "choices": [
-                                {
-                                    "index": choice["index"],
-                                    "text": piece,
-                                    "logprobs": None,
-                                    "finish_reason": None,
-                                }
-                            ],
-                        }
-                    )
-                yield _sse(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "index": choice["index"],
-                                "text": "",
-                                "logprobs": None,
-                                "finish_reason": choice["finish_reason"],
-                            }
-                        ],
-                    }
-                )
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": body["usage"]})
-            yield "data: [DONE]\n\n"
+                    yield {"index": index, "text": piece, "logprobs": None, "finish_reason": None}
+                yield {"index": index, "text": "", "logprobs": None, "finish_reason": choice["finish_reason"]}
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        usage = body["usage"] if include_usage else None
+        return _event_stream(body, object_type="text_completion", choices=chunks(), usage=usage)
 
     if args.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

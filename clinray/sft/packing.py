@@ -128,14 +128,22 @@ def plan_rows(lengths: Sequence[int], seq_len: int, *, strategy: Strategy, seed:
 
 
 def filter_samples(
-    samples: Sequence[EncodedSample], seq_len: int, *, overlong: Literal["drop", "truncate"]
+    samples: Sequence[EncodedSample],
+    seq_len: int,
+    *,
+    overlong: Literal["drop", "truncate"],
+    rejected: list[tuple[EncodedSample, str]] | None = None,
 ) -> tuple[list[EncodedSample], Counter]:
-    """Samples that fit (truncated when asked) and have a trainable token; the rest counted by reason."""
+    """Samples that fit (truncated when asked) and have a trainable token; the rest counted by reason
+    (and appended to ``rejected`` as ``(sample as read, reason)`` when a list is given)."""
     kept, dropped = [], Counter()
     for sample in samples:
+        read = sample
         if len(sample) > seq_len:
             if overlong == "drop":
                 dropped["too_long"] += 1
+                if rejected is not None:
+                    rejected.append((read, "too_long"))
                 continue
             sample = dataclasses.replace(
                 sample, input_ids=sample.input_ids[:seq_len], labels=sample.labels[:seq_len]
@@ -143,6 +151,8 @@ def filter_samples(
             dropped["truncated (kept)"] += 1
         if (sample.labels[1:] != IGNORE_INDEX).sum() == 0:  # the first token is never a target
             dropped["no_trainable_tokens"] += 1
+            if rejected is not None:
+                rejected.append((read, "no_trainable_tokens"))
             continue
         kept.append(sample)
     return kept, dropped

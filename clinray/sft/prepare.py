@@ -297,23 +297,12 @@ def prepare_sft_data(cfg: TrainConfig, out: str | Path) -> dict:
     drawn, draw_report = sample_mixture(sets, mixture, total=cfg.sft.total_samples or None, seed=cfg.sft.seed)
     conversations = _option_orders(drawn, cfg.sft.option_orders, cfg.sft.seed)
     encoded = _encode(conversations, cfg.model.path)
-    samples, dropped = filter_samples(encoded, cfg.sft.seq_len, overlong=cfg.sft.overlong)
-    by_id = {s.id for s in samples}
-    for sample in encoded:
-        if sample.id not in by_id:
-            reason = (
-                "too_long"
-                if len(sample) > cfg.sft.seq_len and cfg.sft.overlong == "drop"
-                else "no_trainable_tokens"
-            )
-            rejects.append(
-                {
-                    "source": sample.source,
-                    "locator": sample.id,
-                    "reason": reason,
-                    "detail": f"{len(sample)} tokens",
-                }
-            )
+    filtered: list = []
+    samples, dropped = filter_samples(encoded, cfg.sft.seq_len, overlong=cfg.sft.overlong, rejected=filtered)
+    rejects += [
+        {"source": x.source, "locator": x.id, "reason": reason, "detail": f"{len(x)} tokens"}
+        for x, reason in filtered
+    ]
     if not samples:
         raise ValueError(f"no SFT sample left to train on: {dict(dropped)}")
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)

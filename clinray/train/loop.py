@@ -211,6 +211,15 @@ def _wait_registered(run_dir: Path, name: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def _first_time(marker: Path) -> bool:
+    """True once per run folder: create ``marker`` (a fault knob fires only on the first attempt)."""
+    if marker.exists():
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return True
+
+
 def _maybe_fail_during_save(cfg, *, step: int, rank: int, run_dir: Path) -> None:
     """Testing knob: rank 1 dies once between writing its checkpoint shard and reporting it.
 
@@ -220,15 +229,12 @@ def _maybe_fail_during_save(cfg, *, step: int, rank: int, run_dir: Path) -> None
     """
     if step != cfg.train.fail_during_save_at_step or rank != 1:
         return
-    marker = run_dir / f".failed_during_save_at_{step}"
-    if marker.exists():
+    if not _first_time(run_dir / f".failed_during_save_at_{step}"):
         return
     every = cfg.train.checkpoint_every
     previous = (step - 1) // every * every if every else 0
     if previous > 0:
         _wait_registered(run_dir, f"checkpoint_{previous:07d}")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
     os._exit(1)
 
 
@@ -236,11 +242,8 @@ def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None
     """Testing knob: rank 1 (rank 0 alone) dies once, just after the checkpoint of ``fail_at_step``."""
     if step != cfg.train.fail_at_step or rank != min(1, world - 1):
         return
-    marker = run_dir / f".failed_once_at_{step}"
-    if marker.exists():
+    if not _first_time(run_dir / f".failed_once_at_{step}"):
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
     _wait_registered(run_dir, f"checkpoint_{step:07d}")  # die only once this step's checkpoint is registered
     os._exit(1)
 

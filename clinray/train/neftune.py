@@ -16,7 +16,6 @@ no generator state to save. The trade-off: one ``manual_seed`` per micro-batch (
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 
@@ -52,18 +51,15 @@ class NEFTune:
         self._generator: torch.Generator | None = None
         self.handle = self.embedding.register_forward_hook(self._hook)
 
-    def _row_lengths(self, sample_len: torch.Tensor) -> torch.Tensor:
-        """What public code uses as L: the row length, padding included, for every token of the row."""
-        return torch.full_like(sample_len, sample_len.shape[-1])
-
     @contextlib.contextmanager
     def batch(self, sample_len: torch.Tensor | None, *, micro_index: int):
         """Noise the next forward of the embeddings for this micro-batch (``sample_len``: (B, T) lengths)."""
         if sample_len is not None:
-            lengths = self._row_lengths(sample_len) if self.length == "row" else sample_len
+            # ``row``: what public code uses as L, the row length (padding included) for every real token
+            lengths = (
+                torch.where(sample_len > 0, sample_len.shape[-1], 0) if self.length == "row" else sample_len
+            )
             self._bound = noise_scale(lengths, alpha=self.alpha, dim=self.dim, scale=self.scale)
-            if self.length == "row":
-                self._bound = torch.where(sample_len > 0, self._bound, torch.zeros_like(self._bound))
             device = self._bound.device
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed((self.seed * 1_000_003 + self.rank * 7_919 + micro_index) % (2**63))
@@ -82,8 +78,3 @@ class NEFTune:
 
     def remove(self) -> None:
         self.handle.remove()
-
-    @staticmethod
-    def expected_bound(length: int, *, alpha: float, dim: int) -> float:
-        """The reference bound ``alpha / sqrt(L d)`` (tests and docs)."""
-        return alpha / math.sqrt(length * dim)
