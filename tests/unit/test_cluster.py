@@ -561,6 +561,32 @@ def test_rayjob_paths_chain():
     assert serve["args"]["engine"]["model"] == sft_export
 
 
+
+def _recipe(name: str):
+    """A paper recipe loaded as its job loads it, with no override."""
+    return load(JOBS[recipe_job(name)].config_class(), resolve_recipe(name), [])
+
+
+def test_paper_recipes_chain_without_overrides():
+    """configs/paper alone: each stage reads what the one before writes, all on the runbook's shared storage."""
+    curate, pack = _recipe("paper/curate"), _recipe("paper/pack")
+    assert pack.input_dir == f"{curate.output.dir}/docs"
+    for model in ("mistral7b", "mixtral8x7b"):
+        pretrain = _recipe(f"paper/{model}_pretrain")
+        assert pretrain.data.path == pack.output_dir
+        pretrained = f"{pretrain.run.storage_path}/{pretrain.run.name}/hf/final"
+        for variant in ("sft", "sft_neftune"):
+            sft = _recipe(f"paper/{model}_{variant}")
+            assert sft.model.path == pretrained, (model, variant)
+            assert sft.sft.decontaminate.questions_root == curate.decontaminate.questions_root
+    assert _recipe("paper/mistral7b_pretrain").model.path == pack.tokenizer
+    evaluation = _recipe("paper/eval")
+    for run in ("mistral7b_clinical_pretrain", "mistral7b_p_f", "mistral7b_p_n"):
+        assert f"{SHARED}/clinray/runs/{run}/hf/final" in evaluation.models.values(), run
+    assert evaluation.data_dir == curate.decontaminate.questions_root  # decontaminated against what is scored
+    paths = [curate.input_root, curate.output.dir, pack.output_dir, evaluation.out_dir]
+    assert all(p.startswith(SHARED) for p in paths), paths
+
 @functools.cache
 def _serve_config() -> dict:
     (doc,) = _docs("rayservice-medprompt.yaml")
