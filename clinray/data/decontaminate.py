@@ -237,10 +237,11 @@ class DecontaminateStage(GlobalStage):
             k: getattr(self.cfg, k)
             for k in ("common_ngram_min_questions", "min_distinct_ngrams", "min_share")
         }
-        details = Path(self.sink_root) / "details"
-        details.mkdir(parents=True, exist_ok=True)
+        from clinray import storage
+
         summary = {"rule": rule, **index.summary()}
-        (details / "decontaminate_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        path = storage.join(self.sink_root, "details", "decontaminate_summary.json")
+        storage.write_text(path, json.dumps(summary, indent=2) + "\n")  # a local path or a URI
         return index
 
     def analysis_counters(self, analysis: ContaminationIndex) -> dict[str, int]:

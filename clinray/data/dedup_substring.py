@@ -18,30 +18,62 @@ one, and the text is normalized again. The shrink is a few vectorized passes ove
 (precomputed non-word positions, ``searchsorted`` per edge): O(1) per span after them. The price: a
 repeat inside one long "word" (a URL, unspaced CJK text) is not removed.
 
-Sharding (corpora larger than memory): the id-sorted dataset is cut into contiguous shards of at most
-``shard_bytes`` of text, one Ray task each. Peak memory is about ``MEMORY_BYTES_PER_INPUT_BYTE`` times
-the shard's text (measured by ``benchmarks/dedup_substring.py``): the text, the int32/int64 suffix
-array and LCP array, and a few per-byte masks. What sharding misses: a span repeated *across* shards
-but not within one is not found, so the first shard keeps its copy and later shards keep theirs.
-Lee et al. merge per-shard suffix arrays to close that gap; here it is a documented approximation
-whose cost shrinks as shards grow (the same passage is usually repeated within a shard too).
+Shards, and repeats across them. The corpus (in id order: corpus order) is cut into contiguous id ranges
+of about equal *text bytes* (:mod:`clinray.data.dedup_substring_shards`): ``ceil(text / shard_bytes)``
+shards, raised to the cluster's CPUs while each keeps ``min_shard_bytes`` (overridable: ``num_shards``).
+A shard's suffix array finds every repeat whose earlier copy is in the same shard. A repeat whose earlier
+copy is in *another* shard is found by a fingerprint shuffle (:mod:`clinray.data.dedup_substring_cross`):
+winnowed hashes of ``w``-byte grams (``t = ceil(L / 2)``, ``w = L - t + 1``) give every ``L``-byte
+string a fingerprint at the same offset in all its copies; hashes selected in two shards are
+*shared*; each shard sends the ``L + t - 1`` bytes around each shared fingerprint to the hash's
+reducer, which groups the ``L``-grams, verifies them byte for byte and returns, per shard, the
+``L``-grams whose content occurs in an earlier shard (runs of start positions). The shard marks them
+with its own repeats (:func:`repeat_mask`) and removes as before. The result is **exactly** what one
+suffix array over the whole corpus removes, for any shard count (tests: a brute-force scan, one suffix
+array over random corpora cut at random, the tiny world at 1, 4 and 14 shards). Hash collisions cost
+work, never a wrong or missed mark.
+
+Cost of a pass over ``S > 1`` shards: five rounds of Ray tasks (fingerprints, shared hashes, context
+records, resolve, suffix array + removal), plus one shard pass for the stage (an all-to-all move of the
+text, as the global sort it replaces). Shuffled: the distinct selected hashes, about ``16 / (t + 1)``
+bytes per text byte at most (measured 0.22-0.25 B/B at L = 100, 0.07 at 400 on the tiny world at scale 40),
+and the context records, ``L + t + 19`` bytes per shared fingerprint: at most ~6 B per byte of text
+whose fingerprints are shared (measured 2.9-3.1 B/B at L = 100 on that world at 4-14 shards, where
+templated sentences share 51-byte grams everywhere; 0.26-0.39 at L = 400). Memory per task, measured as
+peak RSS above the task's start (``PeakRSS``) and requested from Ray (``memory=``, at most the largest
+node): the suffix-array task ``MEMORY_BYTES_PER_INPUT_BYTE`` (32) per byte of its shard (measured 19-29:
+the rows as Python objects, the text twice, int32 suffix and LCP arrays, masks; 21.5 at 46 MB), the
+fingerprint and context tasks ``FINGERPRINT_BYTES_PER_INPUT_BYTE`` (16; measured 11-17 with *every*
+fingerprint shared, the worst case), a resolve task ``RESOLVE_BYTES_PER_RECORD_BYTE`` (16) per byte of
+records (measured 10-16). Limits: the context volume grows with the share of text in shared grams, so a
+corpus of boilerplate moves several times its repeated bytes; a fingerprint common in many distinct
+contexts makes one reducer hot (identical records are sent once per shard, which tames exact
+boilerplate); a single document larger than ``shard_bytes`` makes its shard larger; the pieces between
+rounds are ``shards x partitions`` Ray objects (see ``PIECE_BYTES``).
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from clinray.data.stage import DETAIL, REASON, GlobalStage
+from clinray.data.stage import DETAIL, REASON, GlobalStage, missing_columns
 from clinray.data.text import normalize_text, word_tokens
 
 SEPARATOR = 0xFF
-#: Rough peak bytes of working memory per byte of shard text (see the module docstring).
-MEMORY_BYTES_PER_INPUT_BYTE = 16
+#: Peak bytes of memory of a shard's suffix-array task per byte of its text (measured; see above).
+MEMORY_BYTES_PER_INPUT_BYTE = 32
+#: The same for a shard's fingerprint and context tasks (measured with every fingerprint shared).
+FINGERPRINT_BYTES_PER_INPUT_BYTE = 16
+#: Peak bytes of a resolve task per byte of the context records it receives (measured).
+RESOLVE_BYTES_PER_RECORD_BYTE = 16
+#: The same for the task that assembles a shard from its pieces (concatenation and sort).
+BUILD_BYTES_PER_INPUT_BYTE = 4
+#: Default ``min_shard_bytes``.
+SHARD_MIN_BYTES_DEFAULT = 4 * 1024 * 1024
 #: Bytes that belong to a word: ASCII letters, digits and ``_`` (as ``\w``), and every non-ASCII byte.
 WORD_BYTE = np.zeros(256, dtype=bool)
 WORD_BYTE[[ord(c) for c in "0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"]] = True
@@ -51,7 +83,7 @@ NEWLINE = 0x0A
 
 @dataclass(kw_only=True, slots=True)
 class SubstringConfig:
-    """Exact-substring dedup (suffix array)."""
+    """Exact-substring dedup (suffix array per shard, cross-shard repeats by fingerprints)."""
 
     enabled: bool = True
     """Run the passes at all."""
@@ -60,7 +92,14 @@ class SubstringConfig:
     mode: Literal["keep_first", "remove_all"] = "keep_first"
     """``keep_first``: the copy in the document whose id sorts first stays; ``remove_all``: every copy goes."""
     shard_bytes: int = 256 * 1024 * 1024
-    """Most text bytes per suffix-array shard (peak memory is about 16x this per task)."""
+    """Most text bytes per shard (a shard's suffix-array task needs ``MEMORY_BYTES_PER_INPUT_BYTE``
+    times this; lowered automatically when that would not fit on the largest node)."""
+    min_shard_bytes: int = SHARD_MIN_BYTES_DEFAULT
+    """Fewest text bytes per shard when the shard count is raised to the cluster's CPUs (smaller
+    shards cost more in per-task overhead than they save)."""
+    num_shards: int = 0
+    """Shard count; 0 = automatic: ``ceil(text / shard_bytes)``, at least the cluster's CPUs while
+    shards keep ``min_shard_bytes``. What is removed does not depend on it."""
     min_words_after: int = 1
     """A document left with fewer words after removal is dropped (reason ``substring_emptied``)."""
 
@@ -69,6 +108,13 @@ class SubstringConfig:
             raise ValueError(f"substring.thresholds must be positive byte lengths, got {self.thresholds}")
         if self.shard_bytes < 1024:
             raise ValueError(f"substring.shard_bytes must be at least 1024, got {self.shard_bytes}")
+        if self.min_shard_bytes < 1 or self.min_shard_bytes > self.shard_bytes:
+            raise ValueError(
+                f"substring.min_shard_bytes must be between 1 and shard_bytes ({self.shard_bytes}), "
+                f"got {self.min_shard_bytes}"
+            )
+        if self.num_shards < 0:
+            raise ValueError(f"substring.num_shards must be >= 0 (0 = automatic), got {self.num_shards}")
         if self.min_words_after < 0:
             raise ValueError("substring.min_words_after must be >= 0")
 
@@ -82,17 +128,25 @@ def concat_docs(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return data, starts
 
 
-def repeat_mask(data: np.ndarray, *, min_len: int, keep_first: bool = True) -> np.ndarray:
+def repeat_mask(
+    data: np.ndarray, *, min_len: int, keep_first: bool = True, extra_runs: np.ndarray | None = None
+) -> np.ndarray:
     """Boolean mask of the bytes of ``data`` inside a repeated span of at least ``min_len`` bytes.
 
     With ``keep_first`` the earliest occurrence of each repeated string is left unmarked. The mask is
-    exact (byte level); :func:`word_spans` turns it into the spans that are removed.
+    exact (byte level); :func:`word_spans` turns it into the spans that are removed. ``extra_runs``
+    (shape ``(k, 2)``) are more spans to mark: the ``min_len``-grams starting in ``[a, b)``, the
+    cross-shard marks (their earlier copy is in another shard; runs may overlap).
     """
     from pydivsufsort import divsufsort, kasai
 
     n = len(data)
+    diff = np.zeros(n + 1, dtype=np.int32)
+    if extra_runs is not None and len(extra_runs):
+        np.add.at(diff, extra_runs[:, 0], 1)  # runs lie inside one document each
+        np.add.at(diff, extra_runs[:, 1] - 1 + min_len, -1)
     if n < 2 * min_len:
-        return np.zeros(n, dtype=bool)
+        return np.cumsum(diff[:n], dtype=np.int32) > 0
     sa = divsufsort(data)
     lcp = kasai(data, sa)  # lcp[i] = common prefix of suffixes sa[i] and sa[i + 1]
     linked = lcp >= min_len
@@ -102,7 +156,7 @@ def repeat_mask(data: np.ndarray, *, min_len: int, keep_first: bool = True) -> n
     member = linked | prev
     idx = np.flatnonzero(member)
     if idx.size == 0:
-        return np.zeros(n, dtype=bool)
+        return np.cumsum(diff[:n], dtype=np.int32) > 0
     pos = sa[idx].astype(np.int64)
     del sa
     # A match of min_len bytes must not contain a separator (then every member of its run is clean).
@@ -116,7 +170,6 @@ def repeat_mask(data: np.ndarray, *, min_len: int, keep_first: bool = True) -> n
         marked = pos[clean & (pos != run_min[run_id])]
     else:
         marked = pos[clean]
-    diff = np.zeros(n + 1, dtype=np.int32)
     diff[marked] += 1  # suffix positions are unique, so plain fancy indexing adds once per position
     diff[marked + min_len] -= 1
     return np.cumsum(diff[:n], dtype=np.int32) > 0
@@ -157,15 +210,18 @@ def word_spans(data: np.ndarray, cover: np.ndarray, *, min_len: int) -> tuple[np
     return starts, ends, has_newline
 
 
-def remove_repeats(texts: list[str], *, min_len: int, keep_first: bool = True) -> tuple[list[str], list[int]]:
+def remove_repeats(
+    texts: list[str], *, min_len: int, keep_first: bool = True, extra_runs: np.ndarray | None = None
+) -> tuple[list[str], list[int]]:
     """Texts with repeated spans removed on word boundaries, and the bytes removed from each.
 
     A changed text is normalized again; its count is the true difference of UTF-8 bytes.
+    ``extra_runs``: cross-shard marks in ``concat_docs(texts)`` coordinates (see :func:`repeat_mask`).
     """
     if not texts:
         return [], []
     data, doc_starts = concat_docs(texts)
-    cover = repeat_mask(data, min_len=min_len, keep_first=keep_first)
+    cover = repeat_mask(data, min_len=min_len, keep_first=keep_first, extra_runs=extra_runs)
     starts, ends, has_newline = word_spans(data, cover, min_len=min_len)
     del cover
     out, removed = list(texts), [0] * len(texts)
@@ -193,10 +249,12 @@ def stage_name(min_len: int) -> str:
 
 
 class SubstringStage(GlobalStage):
-    """The substring passes as a :class:`GlobalStage`: one marking pass per threshold, in one shard task.
+    """The substring passes as a :class:`GlobalStage` whose analysis is the whole distributed pass.
 
-    A shard is the unit of the global view, so the analysis (suffix array) runs inside the shard's
-    task with the marking; the driver-side analysis only plans the shards.
+    :meth:`apply` materializes the input, cuts it into byte-balanced id-range shards, and runs each
+    threshold's pass over all shards (cross-shard rounds, then the suffix array and removal, accounted
+    per shard); the result is the last pass's shard tables as a dataset. :meth:`mark` is the removal
+    rule of one pass on one shard's rows, with that shard's cross marks.
     """
 
     name = "substring"
@@ -210,22 +268,27 @@ class SubstringStage(GlobalStage):
     def names(self) -> tuple[str, ...]:
         return tuple(stage_name(t) for t in self.cfg.thresholds)
 
-    def analyze(self, ds) -> int:
-        """The number of shards (at most ``shard_bytes`` of text each)."""
-        return max(1, math.ceil(ds.size_bytes() / self.cfg.shard_bytes))
+    def analyze(self, ds):
+        """The shards of the (materialized) dataset: byte-balanced id ranges, in corpus order."""
+        from clinray.data.dedup_substring_shards import make_shards
 
-    def partition(self, ds, analysis: int):
-        # One shard needs no global sort (mark sorts its rows); several need contiguous id ranges.
-        if analysis == 1:
-            return ds.repartition(1)
-        return ds.sort("id").materialize().repartition(analysis)
+        return make_shards(
+            ds.to_arrow_refs(),
+            size_bytes=ds.size_bytes(),
+            cfg=self.cfg,
+            sink_root=self.sink_root,
+            stage=self.names[0],
+        )
 
-    def mark(self, rows: list[dict], analysis: int, *, step: int, counters: Counter) -> list[dict]:
-        rows.sort(key=lambda r: r["id"])
+    def mark(self, rows: list[dict], analysis, *, step: int, counters: Counter) -> list[dict]:
+        """One pass on one shard's rows; ``analysis``: the shard's cross marks (start runs in the
+        concatenation of the rows' texts in id order, see :func:`repeat_mask`) or None."""
+        rows.sort(key=lambda r: r["id"])  # stable: a shard is already in corpus order
         texts, removed = remove_repeats(
             [r["text"] for r in rows],
             min_len=self.cfg.thresholds[step],
             keep_first=self.cfg.mode == "keep_first",
+            extra_runs=analysis,
         )
         for row, text, num in zip(rows, texts, removed):
             if text == row["text"]:
@@ -237,10 +300,27 @@ class SubstringStage(GlobalStage):
                 row[REASON], row[DETAIL] = "substring_emptied", f"{num} repeated bytes removed"
         return rows
 
+    def apply(self, ds):
+        """Materialize, shard, then every pass over all shards; the result is the kept rows."""
+        import ray
+
+        from clinray.data.dedup_substring_shards import run_pass
+
+        ds = ds.materialize()
+        missing_columns(self.requires, ds.columns(), stage=self.name)
+        if ds.count() == 0:
+            return ds
+        shards = self.analyze(ds)
+        del ds  # the shards hold the rows now
+        for step in range(len(self.cfg.thresholds)):
+            shards = run_pass(self, shards, step)
+        return ray.data.from_arrow_refs(shards.refs)
+
 
 def substring_dedup(ds, cfg: SubstringConfig | None = None, *, sink_root: str):
-    """The substring passes on a working-schema dataset: sort by id, shard, suffix-array each shard.
+    """The substring passes on a working-schema dataset (see :class:`SubstringStage`).
 
-    The input is materialized (every pass needs the whole shard); the passes themselves are lazy.
+    The input is materialized and the passes run when this is called (each pass needs the previous
+    pass's output of every shard); the returned dataset is materialized too.
     """
     return SubstringStage(cfg or SubstringConfig(), sink_root=str(sink_root)).apply(ds)

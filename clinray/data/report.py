@@ -1,10 +1,14 @@
 """Curation report: ``report.json``, ``report.md`` and a PNG funnel chart from the stage accounting.
 
-The report is built only from the summed per-batch stats and the rejects files (never from the
-documents), so it costs nothing extra at any scale; the rejects also give, per benchmark, the question
-ids that removed documents hit (flagged documents carry theirs in ``metadata.contamination``). It also
-checks the accounting identities and says so: rows in = kept + dropped for every stage, and each
-stage's rows in = the previous stage's rows out.
+The report is built only from the summed per-batch stats, the per-pass timings and the rejects files
+(never from the documents), and it streams: the counts by stage and reason come from the stats records,
+and the rejects are read file by file in record batches of their small columns (never the text), for
+the example rejects (the first per stage and reason) and, per benchmark, the question ids that removed
+documents hit (flagged documents carry theirs in ``metadata.contamination``). The driver's memory is
+bounded by a batch, not by the number of rejects (measured: 1M rejects, see
+``tests/unit/test_report_scale.py``). It also checks the accounting identities and says so: rows in =
+kept + dropped for every stage, each stage's rows in = the previous stage's rows out, and every dropped
+row has its reject record.
 """
 
 from __future__ import annotations
@@ -12,12 +16,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clinray.data.accounting import iter_rejects
+from clinray.data.decontaminate import STAGE as DECONTAMINATE
 from clinray.data.decontaminate import contamination_summary
-from clinray.data.stage import StageStats, read_rejects
+from clinray.data.stage import StageStats
+from clinray.data.timings import read_passes
 from clinray.plotting import pyplot, save_figure
 
 #: Question ids listed per benchmark in ``report.md`` (all of them are in ``report.json``).
 MAX_IDS_SHOWN = 10
+#: Columns of the rejects the report reads (``text``, the large one, is never read).
+REPORT_COLUMNS = ("stage", "reason", "input_file", "locator", "detail")
+#: Keys of a pass record that are not counters.
+PASS_FIELDS = ("stage", "pass", "seconds", "end")
 
 
 def check_identities(stats: dict[str, StageStats]) -> list[str]:
@@ -63,7 +77,17 @@ def _funnel_png(stats: dict[str, StageStats], path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-def _markdown(stats: dict[str, StageStats], *, wall_s: float, problems: list[str], rejects_by: dict) -> str:
+def _pass_counters(record: dict) -> str:
+    return ", ".join(
+        f"{k} = {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} = {v}"
+        for k, v in record.items()
+        if k not in PASS_FIELDS
+    )
+
+
+def _markdown(
+    stats: dict[str, StageStats], *, wall_s: float, problems: list[str], rejects_by: dict, passes: list[dict]
+) -> str:
     lines = [
         "# Curation report",
         "",
@@ -77,6 +101,18 @@ def _markdown(stats: dict[str, StageStats], *, wall_s: float, problems: list[str
             f"| {name} | {s.num_rows_in:,} | {s.num_rows_out:,} | {s.num_dropped:,} | "
             f"{s.num_bytes_in / 1e6:.2f} | {s.num_bytes_out / 1e6:.2f} | {s.busy_s:.1f} | {s.wall_s:.1f} |"
         )
+    if passes:
+        lines += [
+            "",
+            "## Passes (in the order they ended; wall seconds)",
+            "",
+            "| stage | pass | seconds | counters |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p.get('stage')} | {p.get('pass')} | {p.get('seconds', 0):.2f} | {_pass_counters(p) or '-'} |"
+            for p in passes
+        ]
     lines += ["", "## Dropped, by stage and reason", "", "| stage | reason | rows |", "|---|---|---|"]
     for name, s in stats.items():
         for reason, n in sorted(s.dropped.items(), key=lambda kv: -kv[1]):
@@ -105,7 +141,8 @@ def _markdown(stats: dict[str, StageStats], *, wall_s: float, problems: list[str
             lines.append(f"| {bench} | {entry['num_docs']:,} | {shown} |")
     lines += ["", "## Accounting check", ""]
     lines += [f"- VIOLATION: {p}" for p in problems] or [
-        "Every stage balances: rows in = kept + dropped, and each stage receives what the previous one kept."
+        "Every stage balances: rows in = kept + dropped, each stage receives what the previous one kept, "
+        "and every dropped row has its reject record."
     ]
     if rejects_by.get("examples"):
         lines += [
@@ -123,30 +160,84 @@ def _markdown(stats: dict[str, StageStats], *, wall_s: float, problems: list[str
     return "\n".join(lines) + "\n"
 
 
+def _merge_contamination(total: dict[str, dict], part: dict[str, dict]) -> None:
+    for bench, entry in part.items():
+        into = total.setdefault(bench, {"num_docs": 0, "question_ids": set()})
+        into["num_docs"] += entry["num_docs"]
+        into["question_ids"].update(entry["question_ids"])
+
+
+def summarize_rejects(sink_root: str | Path, *, batch_rows: int | None = None) -> dict:
+    """One streaming pass over the rejects: their count, the count per ``(stage, reason)``, the first
+    reject of each (in file order, the examples) and the contamination summary per benchmark.
+
+    Bounded memory: a record batch of the small columns at a time; what is kept grows with the number
+    of distinct reasons and with the benchmarks' question ids (a few thousand per benchmark: the
+    evaluation sets, not the corpus), never with the number of rejects.
+    """
+    kwargs = {} if batch_rows is None else {"batch_rows": batch_rows}
+    num_rejects, counts, examples = 0, {}, {}
+    contamination: dict[str, dict] = {}
+    for batch in iter_rejects(sink_root, columns=REPORT_COLUMNS, **kwargs):
+        num_rejects += batch.num_rows
+        keys = pc.binary_join_element_wise(batch["stage"], batch["reason"], "\x1f")
+        for item in pc.value_counts(keys).to_pylist():
+            key = tuple(item["values"].split("\x1f", 1))
+            counts[key] = counts.get(key, 0) + item["counts"]
+            if key not in examples:
+                row = pc.index(keys, item["values"]).as_py()
+                examples[key] = {c: batch.column(c)[row].as_py() for c in REPORT_COLUMNS}
+        hit = pc.and_(pc.equal(batch["stage"], DECONTAMINATE), pc.equal(batch["reason"], "contaminated"))
+        if pc.any(hit).as_py():
+            rows = pa.Table.from_batches([batch]).filter(hit).select(["stage", "reason", "detail"])
+            _merge_contamination(contamination, contamination_summary(rows.to_pylist()))
+    return {
+        "num_rejects": num_rejects,
+        "counts": counts,
+        "examples": list(examples.values()),
+        "contamination": {
+            b: {"num_docs": e["num_docs"], "question_ids": sorted(e["question_ids"])}
+            for b, e in sorted(contamination.items())
+        },
+    }
+
+
+def check_rejects(stats: dict[str, StageStats], counts: dict[tuple[str, str], int]) -> list[str]:
+    """Violations of "every dropped row has its reject record": per stage and reason, the rows the
+    stats drop against the reject records written (empty when they agree)."""
+    problems = []
+    dropped = {(name, reason): n for name, s in stats.items() for reason, n in s.dropped.items() if n}
+    for stage, reason in sorted(set(dropped) | set(counts)):
+        want, got = dropped.get((stage, reason), 0), counts.get((stage, reason), 0)
+        if want != got:
+            problems.append(f"{stage}: {want:,} rows dropped as {reason} but {got:,} reject records")
+    return problems
+
+
 def write_report(stats: dict[str, StageStats], *, out_dir: str | Path, wall_s: float, sink_root: str) -> dict:
-    """Write ``report.json``, ``report.md`` and ``funnel.png`` into ``out_dir``; return their paths."""
+    """Write ``report.json``, ``report.md`` and ``funnel.png`` into ``out_dir``; return their paths.
+
+    Streams the rejects (:func:`summarize_rejects`): safe with millions of them.
+    """
     out = Path(out_dir)
-    problems = check_identities(stats)
-    rejects = read_rejects(sink_root)
-    examples, seen = [], set()
-    listed = rejects.select(["stage", "reason", "input_file", "locator", "detail"]).to_pylist()
-    for row in listed:
-        if (row["stage"], row["reason"]) not in seen:
-            seen.add((row["stage"], row["reason"]))
-            examples.append(row)
-    contamination = contamination_summary(listed)
+    rejects = summarize_rejects(sink_root)
+    problems = check_identities(stats) + check_rejects(stats, rejects["counts"])
+    passes = read_passes(sink_root)
     report = {
         "wall_s": round(wall_s, 3),
         "stages": {name: s.to_dict() for name, s in stats.items()},
+        "passes": passes,
         "num_docs_out": list(stats.values())[-1].num_rows_out if stats else 0,
-        "num_rejects": rejects.num_rows,
-        "contamination": contamination,
+        "num_rejects": rejects["num_rejects"],
+        "contamination": rejects["contamination"],
         "identities_hold": not problems,
         "problems": problems,
     }
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "funnel.png"}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    rejects_by = {"examples": examples, "contamination": contamination}
-    paths["md"].write_text(_markdown(stats, wall_s=wall_s, problems=problems, rejects_by=rejects_by))
+    rejects_by = {"examples": rejects["examples"], "contamination": rejects["contamination"]}
+    paths["md"].write_text(
+        _markdown(stats, wall_s=wall_s, problems=problems, rejects_by=rejects_by, passes=passes)
+    )
     _funnel_png(stats, paths["png"])
     return paths

@@ -49,3 +49,26 @@ def count_for(
 def memory_request(num_bytes: int, *, bytes_per_byte: float, floor: int = 256 * MiB) -> int:
     """The Ray ``memory=`` request of a task over ``num_bytes`` of input (at least ``floor``)."""
     return int(max(floor, math.ceil(num_bytes * bytes_per_byte)))
+
+
+#: Smallest piece a task-based shuffle should send. Ray keeps a task result under 100 KB
+#: (``max_direct_call_object_size``) in the heap of the process that submitted the task, here the
+#: driver; above it the result goes to the object store. A shuffle whose pieces stay above this size
+#: therefore holds nothing per document on the driver, only one reference per piece.
+MIN_SHUFFLE_PIECE = 256 * 1024
+
+
+def senders_for(num_bytes: int, *, receivers: int, maximum: int, piece_bytes: int = MIN_SHUFFLE_PIECE) -> int:
+    """How many tasks may send ``num_bytes`` to ``receivers`` tasks with pieces of ``piece_bytes`` or more.
+
+    ``floor(num_bytes / (receivers * piece_bytes))``, between 1 and ``maximum`` (the number of inputs
+    there are to group): small data gets one sender, so no piece of it lands in the driver's heap.
+    """
+    n = int(max(0, num_bytes) // (max(1, receivers) * piece_bytes))
+    return max(1, min(n, max(1, maximum)))
+
+
+def square_shuffle_cap(num_bytes: int, *, piece_bytes: int = MIN_SHUFFLE_PIECE) -> int:
+    """The most partitions an all-to-all shuffle of ``num_bytes`` between ``n`` and ``n`` tasks may use
+    so that its ``n * n`` pieces keep ``piece_bytes`` each: ``floor(sqrt(num_bytes / piece_bytes))``, >= 1."""
+    return max(1, math.isqrt(int(max(0, num_bytes) // piece_bytes)))

@@ -7,16 +7,28 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clinray.data import dedup_substring_cross as cross
 from clinray.data.dedup_substring import (
+    MEMORY_BYTES_PER_INPUT_BYTE,
     SubstringConfig,
     concat_docs,
     remove_repeats,
     repeat_mask,
     word_spans,
+)
+from clinray.data.dedup_substring_shards import (
+    boundaries_from_sample,
+    build_shard,
+    concat_column,
+    sample_block,
+    shard_count,
+    split_block,
+    suffix_array_memory,
 )
 from clinray.data.text import word_tokens
 
@@ -141,6 +153,10 @@ def test_config_errors_are_actionable():
         SubstringConfig(thresholds=[])
     with pytest.raises(ValueError, match="shard_bytes"):
         SubstringConfig(shard_bytes=10)
+    with pytest.raises(ValueError, match="min_shard_bytes"):
+        SubstringConfig(shard_bytes=4096, min_shard_bytes=8192)
+    with pytest.raises(ValueError, match="num_shards"):
+        SubstringConfig(num_shards=-1)
 
 
 # --- whole words on realistic text ----------------------------------------------------------------------
@@ -258,3 +274,195 @@ def test_real_pmc_articles_come_out_without_seam_fragments(shared_data, threshol
         words_before, words_after = word_tokens(before), word_tokens(after)
         assert set(words_after) <= set(words_before), sorted(set(words_after) - set(words_before))
         assert _is_subsequence(words_after, words_before)
+
+
+# --- across shards --------------------------------------------------------------------------------------
+
+
+def _cuts(rng: random.Random, num_docs: int) -> list[tuple[int, int]]:
+    """Random contiguous shards (1 to ``num_docs``) of ``num_docs`` documents."""
+    num = rng.randint(1, num_docs)
+    bounds = [0, *sorted(rng.sample(range(1, num_docs), num - 1)), num_docs]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _sharded_cover(texts: list[str], cuts, *, min_len: int, keep_first: bool, num_parts: int) -> set[int]:
+    """Marked bytes (positions in the whole corpus's concatenation): each shard's suffix array plus its
+    cross marks, as the stage computes them."""
+    shards = [concat_docs(texts[a:b])[0] for a, b in cuts]
+    extra = cross.cross_marks_local(shards, min_len=min_len, keep_first=keep_first, num_parts=num_parts)
+    marked, offset = set(), 0
+    for data, marks in zip(shards, extra):
+        cover = repeat_mask(data, min_len=min_len, keep_first=keep_first, extra_runs=marks)
+        marked |= {int(q) + offset for q in np.flatnonzero(cover)}
+        offset += len(data) + 1
+    return marked
+
+
+def _brute_cover(texts: list[str], min_len: int, keep_first: bool) -> set[int]:
+    raw = concat_docs(texts)[0].tobytes()
+    cover = set()
+    for q in range(len(raw) - min_len + 1):
+        sub = raw[q : q + min_len]
+        if 0xFF in sub:
+            continue
+        first = raw.find(sub)
+        if first < q or (not keep_first and raw.find(sub, q + 1) >= 0):
+            cover |= set(range(q, q + min_len))
+    return cover
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_cross_shard_marks_equal_a_brute_force_scan_of_the_whole_corpus(monkeypatch, collide):
+    """Byte for byte, for any shard cut: a byte is marked iff it lies in an L-gram that occurs earlier in
+    the corpus (``remove_all``: anywhere else). With ``collide`` every L-gram hash is cut to 2 bits, so
+    almost every group is a collision and the exact regrouping on bytes decides."""
+    if collide:
+        entries = cross._lgram_entries
+        monkeypatch.setattr(
+            cross, "_lgram_entries", lambda rec, n: (lambda e: (e[0] & np.uint64(3), *e[1:]))(entries(rec, n))
+        )
+    rng = random.Random(11)
+    for _ in range(50):
+        alphabet = rng.choice(["ab", "abc", "the cat sat. "])
+        base = "".join(rng.choice(alphabet) for _ in range(120))
+        texts = []
+        for _ in range(rng.randint(2, 9)):
+            a = rng.randint(0, 100)
+            fresh = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+            texts.append(rng.choice([base[a : a + rng.randint(0, 60)] + fresh, fresh]))
+        min_len, keep_first = rng.randint(1, 30), rng.random() < 0.7
+        cuts = _cuts(rng, len(texts))
+        parts = rng.randint(1, 4)
+        got = _sharded_cover(texts, cuts, min_len=min_len, keep_first=keep_first, num_parts=parts)
+        assert got == _brute_cover(texts, min_len, keep_first), (texts, cuts, min_len, keep_first)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    min_len=st.sampled_from([50, 100, 160, 400]),
+    num_docs=st.integers(2, 14),
+    num_passages=st.integers(1, 5),
+)
+def test_sharded_removal_equals_one_suffix_array_over_the_corpus(seed, min_len, num_docs, num_passages):
+    """The stage's result does not depend on the shard count: every shard's texts, with its cross marks,
+    come out exactly as one suffix array over the whole corpus leaves them."""
+    texts, _ = _planted_corpus(seed, min_len, num_docs, num_passages)
+    whole, removed = remove_repeats(texts, min_len=min_len)
+    cuts = _cuts(random.Random(seed), num_docs)
+    shards = [concat_docs(texts[a:b])[0] for a, b in cuts]
+    extra = cross.cross_marks_local(shards, min_len=min_len, num_parts=1 + seed % 3)
+    out, num = [], []
+    for (a, b), marks in zip(cuts, extra):
+        o, r = remove_repeats(texts[a:b], min_len=min_len, extra_runs=marks)
+        out += o
+        num += r
+    assert out == whole and num == removed
+
+
+def test_winnowing_charges_every_copy_of_an_lgram_at_the_same_offset():
+    """The property the cross-shard method rests on: an L-gram, whatever surrounds it, is charged to a
+    selected fingerprint at the same offset inside it, so two shards holding it share that hash."""
+    rng = random.Random(5)
+    for min_len in (6, 40, 100):
+        t, _ = cross.window_params(min_len)
+        gram = bytes(rng.choice(b"abcd ") for _ in range(min_len))
+        common = None
+        for _ in range(5):
+            left = bytes(rng.choice(b"abcd ") for _ in range(rng.randint(0, 50)))
+            right = bytes(rng.choice(b"abcd ") for _ in range(rng.randint(0, 50)))
+            fp = cross.winnow(np.frombuffer(left + gram + right, dtype=np.uint8), min_len)
+            j = len(left) - (fp.pos - (t - 1))  # the L-gram's index among each fingerprint's windows
+            charged = {int(q) - len(left) for q in fp.pos[(fp.jlo <= j) & (j <= fp.jhi)]}
+            assert charged, min_len
+            common = charged if common is None else common & charged
+        assert common, min_len
+
+
+def test_concat_column_matches_concat_docs():
+    texts = ["alpha", "", "naïve café €", None, "x" * 300]
+    col = pa.chunked_array([pa.array(texts[:2]), pa.array(texts[2:])])
+    assert concat_column(col).tobytes() == concat_docs([t or "" for t in texts])[0].tobytes()
+    big = pa.chunked_array([pa.array(texts, type=pa.large_string())])
+    assert concat_column(big).tobytes() == concat_column(col).tobytes()
+    assert len(concat_column(pa.chunked_array([], type=pa.string()))) == 0
+
+
+def test_shards_are_cut_by_text_bytes_and_stay_contiguous_id_ranges():
+    """Ids ``a-*`` hold 100-byte documents, ``z-*`` 10 kB ones: a cut by rows would give the last shard
+    almost all the text; the byte-weighted sample gives each shard its share, in id order."""
+    rows = [{"id": f"a-{i:05d}", "text": "w" * 100} for i in range(3000)]
+    rows += [{"id": f"z-{i:05d}", "text": "v " * 5000} for i in range(100)]
+    random.Random(0).shuffle(rows)
+    blocks = [pa.Table.from_pylist(rows[i : i + 700]) for i in range(0, len(rows), 700)]
+    total = 3000 * 100 + 100 * 10_000
+    sampled = [sample_block(b, step=total // 5000, seed=i) for i, b in enumerate(blocks)]
+    assert sum(n for n, _ in sampled) == total
+    bounds = boundaries_from_sample([i for _, ids in sampled for i in ids], 4)
+    assert len(bounds) == 3
+    pieces = [split_block(b, bounds) for b in blocks]
+    shards = [build_shard(*[p[s] for p in pieces]) for s in range(4)]
+    sizes = [info["text_bytes"] for _, info in shards]
+    rows_per = [info["rows"] for _, info in shards]
+    assert sum(sizes) == total and sum(rows_per) == len(rows)
+    assert max(sizes) < 1.2 * total / 4, sizes
+    assert max(rows_per) > 5 * min(rows_per), rows_per  # rows are far from even: bytes are
+    ids = [t.column("id").to_pylist() for t, _ in shards]
+    assert all(i == sorted(i) for i in ids)
+    assert all(a[-1] < b[0] for a, b in zip(ids[:-1], ids[1:]))
+
+
+def test_shard_count_follows_the_data_and_the_cluster():
+    cfg, MB = SubstringConfig(), 1_000_000
+    assert shard_count(1 * MB, cfg, cpus=8) == 1  # under min_shard_bytes: one task is cheapest
+    assert shard_count(50 * MB, cfg, cpus=8) == 8  # every core gets a shard
+    assert shard_count(50 * MB, cfg, cpus=2) == 2
+    assert shard_count(200_000 * MB, cfg, cpus=600) == 746  # ceil(200 GB / 256 MiB) > the CPUs
+    # a 4 GiB node fits a 107 MB shard (32 B/B, 80%): 200 GB needs more, smaller shards
+    assert shard_count(200_000 * MB, cfg, cpus=600, node_memory=4 << 30) == 1863
+    assert shard_count(50 * MB, SubstringConfig(num_shards=3), cpus=8) == 3  # the override wins
+
+
+_MEASURE = """
+import json, random, sys, tempfile
+sys.path.insert(0, {tests!r})
+from test_substring import _paragraphs
+from clinray.data.dedup_substring import SubstringConfig, SubstringStage
+from clinray.data.dedup_substring_shards import mark_shard
+from clinray.data.stage import rows_to_table
+
+rng = random.Random(0)
+passages = [_paragraphs(rng, 3) for _ in range(40)]
+rows, size = [], 0
+while size < {size}:
+    text = _paragraphs(rng, rng.randint(5, 40))
+    if rng.random() < 0.5:
+        text += " " + rng.choice(passages)
+    rows.append({{"id": f"d{{len(rows):07d}}", "text": text, "source": "s", "input_file": "f"}})
+    size += len(text.encode())
+table = rows_to_table(rows)
+del rows
+stage = SubstringStage(SubstringConfig(thresholds=[100]), sink_root=tempfile.mkdtemp())
+mark_shard(stage, rows_to_table([{{"id": "w", "text": "warm up " * 40}}]), 0, None)  # imports, first allocations
+_, info = mark_shard(stage, table, 0, None)
+print(json.dumps({{"text_bytes": size, **info}}))
+"""
+
+
+def test_suffix_array_task_memory_request_covers_its_measured_peak(tmp_path):
+    """A 4 MB shard's suffix-array pass in a fresh process: its peak RSS (above the process's size once
+    the shard is loaded) fits in the factor the planner asks Ray for, and is not far below it."""
+    import json
+    import subprocess
+    import sys
+
+    script = _MEASURE.format(tests=str(Path(__file__).parent), size=4_000_000)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    num, peak = info["text_bytes"], info["peak_rss_bytes"]
+    print(f"suffix-array pass of {num / 1e6:.1f} MB: peak {peak / 1e6:.0f} MB = {peak / num:.1f} B/B")
+    assert info["bytes_in"] == num
+    assert peak <= MEMORY_BYTES_PER_INPUT_BYTE * num <= suffix_array_memory(num)
+    assert peak >= MEMORY_BYTES_PER_INPUT_BYTE * num / 3  # the factor is a measurement, not a guess
