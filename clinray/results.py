@@ -46,14 +46,29 @@ class StageResult:
 
 
 def is_remote(path: str) -> bool:
-    """True for URIs such as ``s3://`` that the local file system cannot check."""
+    """True for URIs such as ``s3://`` (checked through :mod:`clinray.storage`, not the local disk)."""
     return "://" in str(path)
 
 
+def _remote_problem(path: str, what: str, check) -> list[str]:
+    """Run a storage check of a URI; an unreachable store (no credentials, no such bucket) is a message."""
+    try:
+        return check()
+    except (OSError, ValueError) as exc:  # pyarrow raises OSError subclasses for S3/GCS errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [f"{what} {path!r} cannot be read: {first}"]
+
+
 def missing_dir(path: str | Path, what: str) -> list[str]:
-    """``[message]`` when ``path`` is not an existing folder."""
+    """``[message]`` when ``path`` is not an existing folder (for a URI: a prefix holding files)."""
     if is_remote(str(path)):
-        return []
+        from clinray import storage
+
+        return _remote_problem(
+            str(path),
+            what,
+            lambda: [] if storage.isdir_nonempty(path) else [f"{what} {str(path)!r} holds no file"],
+        )
     if not str(path):
         return [f"{what} is not set"]
     return [] if Path(path).is_dir() else [f"{what} {str(path)!r} is not a folder"]
@@ -62,7 +77,11 @@ def missing_dir(path: str | Path, what: str) -> list[str]:
 def missing_file(path: str | Path, what: str) -> list[str]:
     """``[message]`` when ``path`` is not an existing file."""
     if is_remote(str(path)):
-        return []
+        from clinray import storage
+
+        return _remote_problem(
+            str(path), what, lambda: [] if storage.isfile(path) else [f"{what} {str(path)!r} does not exist"]
+        )
     if not str(path):
         return [f"{what} is not set"]
     return [] if Path(path).is_file() else [f"{what} {str(path)!r} does not exist"]
@@ -90,5 +109,9 @@ def missing_model(path: str, what: str) -> list[str]:
 def missing_glob(root: str | Path, pattern: str, what: str) -> list[str]:
     """``[message]`` when ``root/pattern`` matches no file."""
     if is_remote(str(root)):
-        return []
+        from clinray import storage
+
+        return _remote_problem(
+            str(root), what, lambda: [] if storage.find(root, pattern) else [f"{what} matches no file"]
+        )
     return [] if glob.glob(str(Path(root) / pattern), recursive=True) else [f"{what} matches no file"]

@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,8 @@ class AccountingSink:
     """Where workers write rejects (Parquet) and per-batch stats (JSON) under one folder.
 
     Layout: ``<root>/rejects/<stage>__<key>.parquet`` and ``<root>/stats/<stage>/<key>.json``.
-    Writes go to a temporary name and are renamed, so a reader never sees half a file.
+    Writes go to a temporary name and are renamed, so a reader never sees half a file; under a URI
+    root (``s3://``) each file is one object write, atomic by itself (:mod:`clinray.storage`).
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -142,6 +143,9 @@ class AccountingSink:
         return Path(self.root) / "stats"
 
     def write(self, stats: StageStats, rejects: list[dict], *, key: str) -> None:
+        if "://" in self.root:
+            self._write_uri(stats, rejects, key=key)
+            return
         stats_dir = self.stats_dir / stats.stage
         stats_dir.mkdir(parents=True, exist_ok=True)
         tmp_suffix = f".tmp-{uuid.uuid4().hex[:8]}"
@@ -154,6 +158,15 @@ class AccountingSink:
         target = stats_dir / f"{key}.json"
         Path(str(target) + tmp_suffix).write_text(json.dumps(dataclasses.asdict(stats)))
         os.replace(str(target) + tmp_suffix, target)
+
+    def _write_uri(self, stats: StageStats, rejects: list[dict], *, key: str) -> None:
+        from clinray import storage
+
+        if rejects:
+            fs, path = storage.filesystem(storage.join(self.root, "rejects", f"{stats.stage}__{key}.parquet"))
+            pq.write_table(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), path, filesystem=fs)
+        target = storage.join(self.root, "stats", stats.stage, f"{key}.json")
+        storage.write_text(target, json.dumps(dataclasses.asdict(stats)))
 
 
 class Accountant:
@@ -264,9 +277,40 @@ def collect_stats(sink_root: str | os.PathLike, *, order: Iterable[str] = ()) ->
     return totals
 
 
+def reject_files(sink_root: str | os.PathLike) -> list[Path]:
+    """The rejects files under ``sink_root``, in name order (stage, then batch key)."""
+    return sorted(AccountingSink(sink_root).rejects_dir.glob("*.parquet"))
+
+
 def read_rejects(sink_root: str | os.PathLike) -> pa.Table:
-    """All rejects written under ``sink_root`` as one table (empty table if none)."""
-    files = sorted(AccountingSink(sink_root).rejects_dir.glob("*.parquet"))
+    """All rejects written under ``sink_root`` as one table (empty table if none).
+
+    For tests and small runs: the whole table is in memory. Code that must hold at any scale (the
+    report) reads them with :func:`iter_rejects`.
+    """
+    files = reject_files(sink_root)
     if not files:
         return REJECT_SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(f, schema=REJECT_SCHEMA) for f in files])
+
+
+#: Rows per record batch of :func:`iter_rejects` (a few MB of the small columns).
+REJECT_BATCH_ROWS = 65_536
+
+
+def iter_rejects(
+    sink_root: str | os.PathLike, *, columns: Iterable[str], batch_rows: int = REJECT_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """The rejects under ``sink_root`` as record batches of ``columns``, file after file, in name order.
+
+    Memory stays bounded whatever the number of rejects: one file is open at a time, only the named
+    columns are decoded (leave out ``text``, the large one), and at most ``batch_rows`` rows are held.
+    """
+    columns = list(columns)
+    unknown = sorted(set(columns) - set(REJECT_SCHEMA.names))
+    if unknown:
+        raise ValueError(f"rejects have no column(s) {unknown}; they have {REJECT_SCHEMA.names}")
+    schema = pa.schema([REJECT_SCHEMA.field(c) for c in columns])
+    for path in reject_files(sink_root):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            yield batch.cast(schema) if batch.schema != schema else batch

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data import ActorPoolStrategy
 
+from clinray import storage
 from clinray.config import dump
 from clinray.data.blocks import MANIFEST_NAME
 from clinray.data.dedup_minhash import resolve
@@ -43,9 +44,10 @@ class PackConfig:
     """Root config of ``clinray pack`` (recipes ``tiny/pack``, ``paper/pack``)."""
 
     input_dir: str = "runs/curate/docs"
-    """Curated documents (Parquet with ``id``, ``text``, ``domain``, ``source``; hive folders allowed)."""
+    """Curated documents (Parquet with ``id``, ``text``, ``domain``, ``source``; hive folders allowed); a
+    local folder or a URI (``s3://...``)."""
     output_dir: str = "runs/pack"
-    """Token-block folder: Parquet parts + ``manifest.json``."""
+    """Token-block folder: Parquet parts + ``manifest.json``; a local folder or a URI."""
     tokenizer: str = "mistralai/Mistral-7B-v0.1"
     """HF tokenizer: a local folder (the tiny model's) or a hub id where a hub is reachable."""
     seq_len: int = 4096
@@ -78,9 +80,10 @@ class PackConfig:
             problems.append(f"tokenizer {self.tokenizer!r} has no tokenizer_config.json")
         elif not Path(self.tokenizer).exists():
             problems += missing_model(self.tokenizer, "tokenizer")
-        out = Path(self.output_dir)
-        if not self.overwrite and out.is_dir() and any(out.iterdir()):
-            problems.append(f"output_dir {str(out)!r} is not empty (choose another or set overwrite=true)")
+        if not self.overwrite and storage.isdir_nonempty(self.output_dir):
+            problems.append(
+                f"output_dir {self.output_dir!r} is not empty (choose another or set overwrite=true)"
+            )
         return problems
 
 
@@ -88,7 +91,8 @@ class PackConfig:
 class PackResult(StageResult):
     """The token blocks of one packing run and their manifest."""
 
-    blocks_dir: Path
+    blocks_dir: Path | str
+    """The token-block folder (a URI string for a URI ``output_dir``)."""
     manifest: dict
 
     def outputs(self) -> dict[str, str]:
@@ -179,7 +183,15 @@ def _where(batch: pa.Table, column: str, value, invert: bool = False) -> pa.Tabl
     return batch.filter(pc.invert(mask) if invert else mask)
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
+def _prepare(out: Path | str, overwrite: bool) -> None:
+    if storage.is_uri(out):
+        if storage.isdir_nonempty(out):
+            if not overwrite:
+                raise ValueError(
+                    f"output folder {out} is not empty; choose another output_dir or set overwrite=true"
+                )
+            storage.rmtree(out)
+        return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ValueError(
@@ -193,8 +205,9 @@ def run_pack(cfg: PackConfig) -> PackResult:
     """Run the packing job on the current Ray cluster (``ray.init`` first); return the blocks."""
     import ray
 
-    start, out = time.time(), Path(cfg.output_dir)
-    if not Path(cfg.input_dir).exists():
+    start = time.time()
+    out = cfg.output_dir if storage.is_uri(cfg.output_dir) else Path(cfg.output_dir)
+    if not storage.exists(cfg.input_dir):
         raise ValueError(
             f"input_dir {cfg.input_dir!r} does not exist: run `clinray curate` first or fix the path"
         )
@@ -236,12 +249,23 @@ def run_pack(cfg: PackConfig) -> PackResult:
     tails = packed.map_batches(_where, fn_args=("is_tail", True), batch_format="pyarrow").to_pandas()
     tail_blocks, dropped = _pack_tails(tails, cfg.seq_len)
     if tail_blocks.num_rows:
-        pq.write_table(tail_blocks, out / "tails-00000.parquet")
+        fs, tails_path = storage.filesystem(storage.join(str(out), "tails-00000.parquet"))
+        pq.write_table(tail_blocks, tails_path, filesystem=fs)
     manifest = _manifest(cfg, out, plan, dropped, num_unassigned, time.time() - start)
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    config_path = dump(cfg, out / "config.yaml")
+    config_path = _dump_config(cfg, out)
+    storage.write_text(storage.join(str(out), MANIFEST_NAME), json.dumps(manifest, indent=2) + "\n")
     problems = [] if manifest["num_blocks"] else ["no token block was written (too few tokens for one block)"]
     return PackResult(blocks_dir=out, manifest=manifest, config_path=config_path, problems=problems)
+
+
+def _dump_config(cfg: PackConfig, out: Path | str) -> Path | str:
+    """``config.yaml`` next to the blocks (through a local file for a URI: ``dump`` writes files)."""
+    if not storage.is_uri(out):
+        return dump(cfg, out / "config.yaml")
+    target = storage.join(out, "config.yaml")
+    with storage.local_dir_for(target) as local:
+        dump(cfg, local)
+    return target
 
 
 def _pack_tails(tails: pd.DataFrame, seq_len: int) -> tuple[pa.Table, dict[str, int]]:
@@ -260,12 +284,15 @@ def _pack_tails(tails: pd.DataFrame, seq_len: int) -> tuple[pa.Table, dict[str, 
 
 
 def _manifest(
-    cfg: PackConfig, out: Path, plan: dict, dropped: dict, num_unassigned: int, wall_s: float
+    cfg: PackConfig, out: Path | str, plan: dict, dropped: dict, num_unassigned: int, wall_s: float
 ) -> dict:
     blocks_per_source: dict[str, int] = {}
-    for path in sorted(out.glob("*.parquet")):
+    for path in storage.glob(out, "*.parquet"):
+        fs, fs_path = storage.filesystem(path)
         for s, n in (
-            pd.Series(pq.read_table(path, columns=["source"])["source"].to_pylist()).value_counts().items()
+            pd.Series(pq.read_table(fs_path, columns=["source"], filesystem=fs)["source"].to_pylist())
+            .value_counts()
+            .items()
         ):
             blocks_per_source[s] = blocks_per_source.get(s, 0) + int(n)
     for name, entry in plan.items():

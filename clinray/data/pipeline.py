@@ -16,11 +16,13 @@ import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
+from clinray import storage
 from clinray.config import dump
 from clinray.data.decontaminate import DecontamConfig, DecontaminateStage
 from clinray.data.dedup_exact import ExactDedupConfig, exact_dedup
@@ -44,6 +46,12 @@ from clinray.data.stage import (
 from clinray.results import StageResult, missing_dir, missing_glob
 
 logger = logging.getLogger(__name__)
+
+#: Why a run with decontamination on and no evaluation sets refuses to start (one line).
+NO_QUESTIONS_ROOT = (
+    "decontaminate.questions_root is not set: point it at the evaluation sets (a tiny world's questions/, "
+    "the paper's /mnt/shared/benchmarks) or set decontaminate.enabled=false to curate without decontamination"
+)
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -90,7 +98,8 @@ class CurateConfig:
     substring: SubstringConfig = dataclasses.field(default_factory=SubstringConfig)
     """Exact-substring dedup (suffix array), one pass per threshold."""
     decontaminate: DecontamConfig = dataclasses.field(default_factory=DecontamConfig)
-    """Decontamination against evaluation test sets (needs ``decontaminate.questions_root``)."""
+    """Decontamination against evaluation test sets: needs ``decontaminate.questions_root`` (a run without it
+    refuses to start, unless ``decontaminate.enabled=false`` says to curate without decontamination)."""
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     """Outputs."""
 
@@ -108,12 +117,24 @@ class CurateConfig:
                 )
         if self.decontaminate.enabled and self.decontaminate.questions_root:
             problems += missing_dir(self.decontaminate.questions_root, "decontaminate.questions_root")
-        out = Path(self.output.dir)
-        if not self.output.overwrite and out.is_dir() and any(out.iterdir()):
-            problems.append(
-                f"output.dir {str(out)!r} is not empty (choose another or set output.overwrite=true)"
-            )
-        return problems
+        elif self.decontaminate.enabled:
+            problems.append(NO_QUESTIONS_ROOT)
+        out = self.output.dir
+        if not self.output.overwrite and storage.isdir_nonempty(out):
+            problems.append(f"output.dir {out!r} is not empty (choose another or set output.overwrite=true)")
+        return problems + uri_limits(self)
+
+
+def uri_limits(cfg: CurateConfig) -> list[str]:
+    """What cannot take a URI yet, one message each.
+
+    Every stage writes its side files (accounting, timings, MinHash's clusters, decontamination's
+    summary) through :mod:`clinray.storage`, so ``output.dir`` may be a URI; the evaluation sets are
+    still read from local files.
+    """
+    if cfg.decontaminate.enabled and storage.is_uri(cfg.decontaminate.questions_root):
+        return ["decontaminate.questions_root must be a local (or shared file system) folder, not a URI"]
+    return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +156,9 @@ Stage = RowStage | ExactDedupStage | GlobalStage
 
 
 def accounting_dir(cfg: CurateConfig) -> str:
-    """The accounting folder every stage writes to (``<output.dir>/accounting``)."""
+    """The accounting folder every stage writes to (``<output.dir>/accounting``; a URI for a URI)."""
+    if storage.is_uri(cfg.output.dir):
+        return storage.join(cfg.output.dir, "accounting")
     return str(Path(cfg.output.dir) / "accounting")
 
 
@@ -160,10 +183,10 @@ def build_stages(cfg: CurateConfig, *, columns: Iterable[str] = WORK_SCHEMA.name
         stages.append(MinHashStage(cfg.minhash, sink_root=sink))
     if cfg.substring.enabled:
         stages.append(SubstringStage(cfg.substring, sink_root=sink))
-    if cfg.decontaminate.enabled and cfg.decontaminate.questions_root:
+    if cfg.decontaminate.enabled:
+        if not cfg.decontaminate.questions_root:
+            raise ValueError(NO_QUESTIONS_ROOT)
         stages.append(DecontaminateStage(cfg.decontaminate, sink_root=sink))
-    elif cfg.decontaminate.enabled:
-        logger.warning("decontaminate.questions_root is not set: decontamination skipped")
     columns = list(columns)
     for stage in stages:
         missing_columns(stage.requires, columns, stage=stage.names[0])
@@ -194,14 +217,14 @@ def _apply_stages(ds, stages: list[Stage]):
 
 @dataclasses.dataclass(kw_only=True)
 class CurationResult(StageResult):
-    """Paths and counts of one curation run."""
+    """Paths and counts of one curation run (each path a URI string when ``output.dir`` is a URI)."""
 
-    out_dir: Path
-    docs_dir: Path
-    rejects_dir: Path
-    report_json: Path
-    report_md: Path
-    funnel_png: Path
+    out_dir: Path | str
+    docs_dir: Path | str
+    rejects_dir: Path | str
+    report_json: Path | str
+    report_md: Path | str
+    funnel_png: Path | str
     stages: dict[str, StageStats]
     wall_s: float
 
@@ -230,7 +253,18 @@ class CurationResult(StageResult):
         return "\n".join([head, *self.funnel_rows(), StageResult.summary(self)])
 
 
-def _prepare_out_dir(cfg: CurateConfig) -> Path:
+def _prepare_out_dir(cfg: CurateConfig, staging: Path | None = None) -> Path:
+    """The local folder the driver writes into: ``output.dir``, or ``staging`` when that is a URI (whose
+    old contents are checked and removed here)."""
+    if staging is not None:
+        if storage.isdir_nonempty(cfg.output.dir):
+            if not cfg.output.overwrite:
+                raise ValueError(
+                    f"output folder {cfg.output.dir} is not empty; choose another output.dir or set "
+                    "output.overwrite=true"
+                )
+            storage.rmtree(cfg.output.dir)
+        return staging
     out = Path(cfg.output.dir)
     if out.exists() and any(out.iterdir()):
         if not cfg.output.overwrite:
@@ -255,15 +289,51 @@ def _ensure_rejects_dir(sink_root: str) -> None:
 
 
 def run_curation(cfg: CurateConfig) -> CurationResult:
-    """Run the whole pipeline on the current Ray cluster (``ray.init`` first); return the outputs."""
-    from clinray.data.report import check_identities, write_report
+    """Run the whole pipeline on the current Ray cluster (``ray.init`` first); return the outputs.
+
+    With a URI ``output.dir`` (``s3://...``) the workers write the documents and the accounting there
+    directly; the driver's own files (config, report, ``_SUCCESS``) are made in a local staging folder,
+    from a copy of the accounting, and uploaded at the end with ``_SUCCESS`` last (see :func:`_publish`).
+    """
+    problems = uri_limits(cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if not storage.is_uri(cfg.output.dir):
+        return _curate(cfg)
+    with tempfile.TemporaryDirectory(prefix="clinray_curate_") as staging:
+        return _publish(cfg, _curate(cfg, staging=Path(staging)), Path(staging))
+
+
+def _local_accounting(sink_root: str, staging: Path | None) -> str:
+    """The accounting folder the driver reads: ``sink_root``, or its copy in ``staging`` for a URI."""
+    if staging is None:
+        return sink_root
+    storage.download_dir(sink_root, staging / "accounting")
+    return str(staging / "accounting")
+
+
+def _publish(cfg: CurateConfig, result: CurationResult, staging: Path) -> CurationResult:
+    """Upload the staged driver files to ``output.dir`` (``_SUCCESS`` last); the result's paths as URIs."""
+    uri = cfg.output.dir
+    remote = {path[len(uri) :].lstrip("/") for path in storage.glob(uri, "accounting/**/*")}
+    storage.upload_dir(staging, uri, skip=remote, last=("_SUCCESS",))
+    fields = {}
+    for field in dataclasses.fields(result):
+        value = getattr(result, field.name)
+        if isinstance(value, Path) and value.is_relative_to(staging):
+            fields[field.name] = storage.join(uri, *value.relative_to(staging).parts)
+    return dataclasses.replace(result, **fields)
+
+
+def _curate(cfg: CurateConfig, *, staging: Path | None = None) -> CurationResult:
+    from clinray.data.report import write_report
 
     stages = build_stages(cfg)  # before the output folder is touched: a bad plan changes nothing
-    out = _prepare_out_dir(cfg)
+    out = _prepare_out_dir(cfg, staging)
     config_path = dump(cfg, out / "config.yaml")
     sink_root = accounting_dir(cfg)
     start = time.time()
-    docs_dir = out / "docs"
+    docs_dir = storage.join(cfg.output.dir, "docs") if staging else out / "docs"
     # The row stages right after parsing (normalize, filters) run inside the parse tasks.
     num_leading = next((i for i, s in enumerate(stages) if not isinstance(s, RowStage)), len(stages))
     with shared_operator_resources():
@@ -282,9 +352,13 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
             min_rows_per_file=None if fused else cfg.output.min_rows_per_file,
         )
     wall_s = time.time() - start
+    sink_root = _local_accounting(sink_root, staging)
     stats = collect_stats(sink_root, order=["parse", *stage_names(stages)])
     _ensure_rejects_dir(sink_root)
+    # The report streams the rejects (bounded driver memory at any count); _SUCCESS comes last, once
+    # every output (documents, accounting, report.json/md, funnel.png) is written.
     paths = write_report(stats, out_dir=out, wall_s=wall_s, sink_root=sink_root)
+    problems = json.loads(paths["json"].read_text())["problems"]
     (out / "_SUCCESS").write_text(json.dumps({"wall_s": wall_s}))
     return CurationResult(
         out_dir=out,
@@ -296,5 +370,5 @@ def run_curation(cfg: CurateConfig) -> CurationResult:
         stages=stats,
         wall_s=wall_s,
         config_path=config_path,
-        problems=[f"accounting: {p}" for p in check_identities(stats)],
+        problems=[f"accounting: {p}" for p in problems],
     )

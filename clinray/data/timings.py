@@ -29,11 +29,21 @@ def _path(sink_root: str | os.PathLike, stage: str, pass_name: str) -> Path:
 def record_pass(
     sink_root: str | os.PathLike, stage: str, pass_name: str, seconds: float, **extra: Any
 ) -> None:
-    """Write one pass's wall time (and any counters, e.g. ``partitions=64``) for the report."""
-    path = _path(sink_root, stage, pass_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write one pass's wall time (and any counters, e.g. ``partitions=64``) for the report.
+
+    A URI ``sink_root`` (``s3://``) is written through :mod:`clinray.storage` (one object per pass)."""
     record = {"stage": stage, "pass": pass_name, "seconds": round(float(seconds), 4), "end": time.time()}
     record.update(extra)
+    if "://" in str(sink_root):
+        from clinray import storage
+
+        storage.write_text(
+            storage.join(str(sink_root), TIMINGS_DIR, _path("", stage, pass_name).name),
+            json.dumps(record) + "\n",
+        )
+        return
+    path = _path(sink_root, stage, pass_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record) + "\n")
 
 

@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from clinray import storage
 from clinray.results import missing_dir, missing_model
 from clinray.train.config import TrainConfig
 from clinray.train.trainer import TrainResult
@@ -49,7 +50,7 @@ MANIFEST = "manifest.json"
 class SFTResult(TrainResult):
     """A finished SFT run: the training summary plus the data stage's packing report and accounting."""
 
-    data_dir: Path
+    data_dir: Path | str
     data: dict[str, Any]
     """The packed data's manifest (packing per epoch, accounting)."""
 
@@ -369,7 +370,11 @@ def run_sft(cfg: TrainConfig) -> SFTResult:
         raise ValueError("clinray sft needs train.task: sft (this config pretrains: run `clinray pretrain`)")
     cfg.model.path = str(Path(cfg.model.path).resolve())
     run_dir, _ = run_folders(cfg)
-    manifest = prepare_sft_data(cfg, run_dir / "sft_data")
+    data_dir = storage.join(run_dir, "sft_data")
+    if storage.is_uri(data_dir):
+        manifest = _prepare_on_storage(cfg, data_dir)
+    else:
+        manifest = prepare_sft_data(cfg, data_dir)
     train = fit_and_summarize(cfg, plan_run(cfg, sft_rows=manifest))
     problems = list(train.problems)
     for ledger in ("conversations", "samples"):
@@ -379,7 +384,32 @@ def run_sft(cfg: TrainConfig) -> SFTResult:
             )
     fields = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainResult)}
     fields["problems"] = problems
-    return SFTResult(**fields, data_dir=Path(manifest["path"]), data=manifest)
+    path = manifest["path"]
+    return SFTResult(**fields, data_dir=path if storage.is_uri(path) else Path(path), data=manifest)
+
+
+def _prepare_on_storage(cfg: TrainConfig, data_dir: str) -> dict:
+    """The data stage for a run on object storage: pack in a local folder, upload, manifest last.
+
+    The workers read the rows from ``data_dir`` (a URI) like token blocks. A re-run fetches only the
+    stored manifest: its fingerprint decides, as on a file system, whether the rows are reused.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="clinray-sft-data-") as tmp:
+        stored = storage.join(data_dir, MANIFEST)
+        if storage.isfile(stored):
+            Path(tmp, MANIFEST).write_bytes(storage.read_bytes(stored))
+        try:
+            manifest = prepare_sft_data(cfg, tmp)
+        except ValueError as err:  # name the run's folder, not the staging one
+            raise ValueError(str(err).replace(tmp, data_dir)) from None
+        if manifest["path"] == data_dir:  # reused: the rows are already on storage
+            return manifest
+        manifest["path"] = data_dir
+        Path(tmp, MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        storage.upload_dir(tmp, data_dir, last=(MANIFEST,))
+    return manifest
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 STATE_FILE = "clinray_state.json"
-__all__ = ["save_sharded", "load_sharded", "export_hf"]
+__all__ = ["save_sharded", "load_sharded", "export_hf", "export_run_model"]
 
 
 def save_sharded(
@@ -50,9 +50,10 @@ def save_sharded(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, adapter_only = _checkpointed(model, model_sd)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
     if rank == 0:
-        full_state = {**state, "scheduler": scheduler.state_dict()}
+        full_state = {**state, "scheduler": scheduler.state_dict(), "adapter_only": adapter_only}
         (folder / STATE_FILE).write_text(json.dumps(full_state, indent=2))
     return folder
 
@@ -60,19 +61,47 @@ def save_sharded(
 def load_sharded(folder: str | Path, model, optimizer, scheduler) -> dict:
     """Restore model, optimizer and scheduler from a merged checkpoint folder; return the loop state."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
     folder = Path(folder)
     state_path = folder / STATE_FILE
     if not state_path.is_file() or not (folder / ".metadata").is_file():
         raise ValueError(f"{folder} is not a complete clinray checkpoint (missing {STATE_FILE} or .metadata)")
+    state = json.loads(state_path.read_text())
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, adapter_only = _checkpointed(model, model_sd)
+    if state.pop("adapter_only", False) != adapter_only:
+        raise ValueError(
+            f"{folder} holds {'adapters only' if not adapter_only else 'full model weights'} but this run "
+            f"{'has LoRA' if adapter_only else 'trains the full model'}: resume with the lora section it was saved with"
+        )
     target = {"model": model_sd, "optim": optim_sd}
     dcp.load(target, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
-    state = json.loads(state_path.read_text())
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=target["model"],
+        optim_state_dict=target["optim"],
+        options=StateDictOptions(strict=not adapter_only),  # adapter-only: the frozen base is the folder's
+    )
     scheduler.load_state_dict(state.pop("scheduler"))
     return state
+
+
+def _checkpointed(model, model_sd: dict) -> tuple[dict, bool]:
+    """The model entries a checkpoint holds, and whether that is the adapters alone.
+
+    A LoRA run (:mod:`clinray.train.lora`) saves its trainable entries only: the frozen base is rebuilt
+    from ``model.path`` on resume, so a 7B run's checkpoint is megabytes of adapter plus their AdamW
+    state instead of the whole model again. Every rank writes its slice of each adapter (DCP), so a
+    resume on N ranks restores all of it.
+    """
+    from clinray.train.lora import has_adapter
+
+    if not has_adapter(model):
+        return model_sd, False
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    return {k: v for k, v in model_sd.items() if k in trainable}, True
 
 
 def _export_entries(model) -> dict[str, torch.Tensor]:
@@ -188,3 +217,14 @@ def export_hf(
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def export_run_model(model, cfg, *, out: str | Path, meta: dict, rank: int) -> Path | None:
+    """The HF export of a training run: :func:`export_hf` of the full weights, or for a LoRA run
+    (``lora.r > 0``) the merged weights and/or the peft adapter that ``lora.export`` names
+    (:func:`clinray.train.lora.export_lora`). Collective, like both; rank 0 writes and returns ``out``."""
+    if cfg.lora.enabled:
+        from clinray.train.lora import export_lora
+
+        return export_lora(model, model_path=cfg.model.path, section=cfg.lora, out=out, meta=meta, rank=rank)
+    return export_hf(model, model_path=cfg.model.path, out=out, meta=meta, rank=rank)

@@ -38,14 +38,25 @@ def build_dataset(path: str | Path, *, materialize_below_mb: float = 0.0):
 
     Folders smaller than ``materialize_below_mb`` are read here with pyarrow and put in the object store
     as they are (no read tasks: workers that hold every CPU still get batches); larger ones stream.
+    ``path`` may be a URI (``s3://...``): listed and read through :mod:`clinray.storage`'s filesystem.
     """
     import pyarrow.parquet as pq
     import ray.data
 
-    files = sorted(str(p) for p in Path(path).rglob("*.parquet"))
+    from clinray import storage
+
+    if storage.is_uri(path):
+        found = storage.find(str(path), "**/*.parquet")
+        files, sizes = [p for p, _ in found], [s for _, s in found]
+        fs = storage.filesystem(str(path))[0]
+        fs_paths = [storage.filesystem(p)[1] for p in files]
+    else:
+        files = sorted(str(p) for p in Path(path).rglob("*.parquet"))
+        sizes = [Path(f).stat().st_size for f in files] if files else []
+        fs, fs_paths = None, files
     if not files:
         raise ValueError(f"no Parquet files under {str(path)!r}")
-    names = set(pq.read_schema(files[0]).names)
+    names = set(pq.read_schema(fs_paths[0], filesystem=fs).names)
     packed = "seq_lens" in names  # packed SFT rows (clinray.sft.prepare) rather than token blocks
     required = {"input_ids", "labels", "seq_lens", "sources"} if packed else {"input_ids", "source"}
     missing = required - names
@@ -56,10 +67,10 @@ def build_dataset(path: str | Path, *, materialize_below_mb: float = 0.0):
     columns = (
         sorted(required) if packed else ["input_ids", "source"] + (["labels"] if "labels" in names else [])
     )
-    size_mb = sum(Path(f).stat().st_size for f in files) / 1e6
+    size_mb = sum(sizes) / 1e6
     if size_mb < materialize_below_mb:
-        return ray.data.from_arrow([pq.read_table(f, columns=columns) for f in files])
-    return ray.data.read_parquet(files, columns=columns, shuffle=None)
+        return ray.data.from_arrow([pq.read_table(f, columns=columns, filesystem=fs) for f in fs_paths])
+    return ray.data.read_parquet(fs_paths, columns=columns, shuffle=None, filesystem=fs)
 
 
 def packed_fields(seq_lens: list, num_tokens: int) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from clinray import storage
 from clinray.train.data import DataPosition
 from clinray.train.plan import RunPlan, TrainState
 from clinray.train.step import (
@@ -142,10 +143,11 @@ def _report(
     last: bool,
     export: bool,
     rank: int,
-    run_dir: Path,
+    run_dir: Path | str,
 ) -> None:
     """``ray.train.report``: with a sharded checkpoint when ``save``, metrics alone on the ``last`` step;
-    and, when ``export``, an HF export.
+    and, when ``export``, an HF export into ``<run>/hf/step_<N>`` (for a URI run folder: written to a
+    local temporary folder, then uploaded, ``config.json`` last).
 
     The checkpoint is written by DCP straight into ``<run>/checkpoint_<step>`` when the storage is a
     shared filesystem path, and registered without an upload (``NO_UPLOAD``); Ray registers it once
@@ -161,7 +163,7 @@ def _report(
     import ray.train
     from ray.train import Checkpoint, CheckpointUploadMode
 
-    from clinray.train.checkpoint import export_hf, save_sharded
+    from clinray.train.checkpoint import export_run_model, save_sharded
 
     step = state.step
     name = f"checkpoint_{step:07d}"
@@ -200,23 +202,25 @@ def _report(
             "source_run": str(run_dir),
             "task": cfg.train.task,
         }
-        export_hf(model, model_path=cfg.model.path, out=run_dir / "hf" / f"step_{step}", meta=meta, rank=rank)
+        with storage.local_dir_for(storage.join(str(run_dir), "hf", f"step_{step}")) as out:
+            export_run_model(model, cfg, out=out, meta=meta, rank=rank)  # LoRA: merged + adapter
 
 
-def _wait_registered(run_dir: Path, name: str, timeout_s: float = 60.0) -> None:
+def _wait_registered(run_dir: Path | str, name: str, timeout_s: float = 60.0) -> None:
     """Wait until the controller has registered checkpoint ``name`` (it writes its snapshot then)."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    snapshot = storage.join(str(run_dir), "checkpoint_manager_snapshot.json")
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not (snapshot.exists() and name in snapshot.read_text()):
+    while time.monotonic() < deadline and not (
+        storage.isfile(snapshot) and name in storage.read_text(snapshot)
+    ):
         time.sleep(0.2)
 
 
-def _first_time(marker: Path) -> bool:
+def _first_time(marker: Path | str) -> bool:
     """True once per run folder: create ``marker`` (a fault knob fires only on the first attempt)."""
-    if marker.exists():
+    if storage.exists(marker):
         return False
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    storage.write_text(marker, "")
     return True
 
 
@@ -229,7 +233,7 @@ def _maybe_fail_during_save(cfg, *, step: int, rank: int, run_dir: Path) -> None
     """
     if step != cfg.train.fail_during_save_at_step or rank != 1:
         return
-    if not _first_time(run_dir / f".failed_during_save_at_{step}"):
+    if not _first_time(storage.join(str(run_dir), f".failed_during_save_at_{step}")):
         return
     every = cfg.train.checkpoint_every
     previous = (step - 1) // every * every if every else 0
@@ -242,7 +246,7 @@ def _maybe_fail(cfg, *, step: int, rank: int, world: int, run_dir: Path) -> None
     """Testing knob: rank 1 (rank 0 alone) dies once, just after the checkpoint of ``fail_at_step``."""
     if step != cfg.train.fail_at_step or rank != min(1, world - 1):
         return
-    if not _first_time(run_dir / f".failed_once_at_{step}"):
+    if not _first_time(storage.join(str(run_dir), f".failed_once_at_{step}")):
         return
     _wait_registered(run_dir, f"checkpoint_{step:07d}")  # die only once this step's checkpoint is registered
     os._exit(1)
@@ -259,7 +263,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg = from_dict(TrainConfig, config["cfg"])
     plan = RunPlan.from_dict(config["plan"])
-    run_dir = Path(plan.run_dir)
+    run_dir = plan.run_dir if storage.is_uri(plan.run_dir) else Path(plan.run_dir)
     rank, world, device, model, optimizer, scheduler, neftune = _setup(cfg, plan)
     add_flops(plan, cfg, model, device)
     state = _resume(model, optimizer, scheduler)
@@ -341,6 +345,8 @@ def train_loop_per_worker(config: dict) -> None:
             run_dir=run_dir,
         )
         if save:
+            if writer is not None:
+                writer.sync()  # a URI run folder: the rows up to this checkpoint are on storage
             _maybe_fail(cfg, step=step, rank=rank, world=world, run_dir=run_dir)
         if last:
             break
@@ -351,10 +357,13 @@ def train_loop_per_worker(config: dict) -> None:
         writer.close()
 
 
-def _finalize(run_dir: Path, step: int) -> None:
+def _finalize(run_dir: Path | str, step: int) -> None:
     """Point ``<run>/hf/final`` at the last export (a copy, so the sweep can prune step folders)."""
     import shutil
 
+    if storage.is_uri(run_dir):  # copied by the object store itself, config.json last
+        storage.copy_dir(storage.join(run_dir, "hf", f"step_{step}"), storage.join(run_dir, "hf", "final"))
+        return
     src, dst = run_dir / "hf" / f"step_{step}", run_dir / "hf" / "final"
     tmp = run_dir / "hf" / ".final.tmp"
     if tmp.exists():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -168,13 +169,34 @@ def non_embedding_params(model) -> int:
 
 
 class MetricsWriter:
-    """Rank 0's sink: one JSON line per report in ``metrics.jsonl`` and TensorBoard scalars."""
+    """Rank 0's sink: one JSON line per report in ``metrics.jsonl`` and TensorBoard scalars.
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True) -> None:
-        self.run_dir = Path(run_dir)
+    ``run_dir`` may be a URI (``s3://...``): an object store cannot append, so the writer keeps a local
+    copy (started from the run's existing ``metrics.jsonl``, so a restarted rank 0 on another node
+    appends to it) and uploads it with the TensorBoard files on :meth:`sync`, at most every
+    ``sync_every_s`` on :meth:`write`, and on :meth:`close`. Rows after the last upload that a crash
+    loses are those after the last checkpoint, which the resumed run logs again.
+    """
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, sync_every_s: float = 30.0) -> None:
+        from clinray import storage
+
+        self.remote = str(run_dir) if storage.is_uri(run_dir) else None
+        self._tmp = None
+        if self.remote:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="clinray_metrics_")
+            self.run_dir = Path(self._tmp.name)
+            existing = storage.join(self.remote, "metrics.jsonl")
+            if storage.isfile(existing):
+                (self.run_dir / "metrics.jsonl").write_bytes(storage.read_bytes(existing))
+        else:
+            self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self._file = self.path.open("a")
+        self.sync_every_s, self._synced_at = sync_every_s, time.monotonic()
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -189,17 +211,36 @@ class MetricsWriter:
             for key, value in metrics.items():
                 if isinstance(value, int | float) and key != "step":
                     self._tb.add_scalar(key.replace("loss_", "loss/"), value, step)
+        if self.remote and time.monotonic() - self._synced_at >= self.sync_every_s:
+            self.sync()
+
+    def sync(self) -> None:
+        """Upload the metrics and TensorBoard files to a URI run folder (a no-op for a local one)."""
+        if not self.remote:
+            return
+        from clinray import storage
+
+        if self._tb is not None:
+            self._tb.flush()
+        storage.upload_dir(self.run_dir, self.remote, last=("metrics.jsonl",))
+        self._synced_at = time.monotonic()
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        self.sync()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a ``metrics.jsonl``; after a resume, later rows replace rows of the same step."""
+    """Rows of a ``metrics.jsonl`` (a local path or a URI); after a resume, later rows replace rows of
+    the same step."""
+    from clinray import storage
+
     by_step: dict[int, dict] = {}
-    for line in Path(path).read_text().splitlines():
+    for line in storage.read_text(path).splitlines():
         if line.strip():
             row = json.loads(line)
             by_step[int(row["step"])] = row

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clinray import storage
 from clinray.config import dump, to_dict
 from clinray.data.blocks import read_block_manifest
 from clinray.results import StageResult
@@ -28,9 +29,10 @@ __all__ = ["plan_run", "build_trainer", "run_pretrain", "TrainResult"]
 class TrainResult(StageResult):
     """A finished (or resumed and finished) training run."""
 
-    run_dir: Path
-    hf_final: Path
-    plot: Path
+    run_dir: Path | str
+    """The run folder: ``<storage_path>/<name>`` (a URI string for a URI storage path)."""
+    hf_final: Path | str
+    plot: Path | str
     checkpoint: str | None
     total_steps: int
     grad_accum: int
@@ -62,15 +64,20 @@ class TrainResult(StageResult):
 def _absolute_paths(cfg: TrainConfig) -> None:
     # Ray Train workers do not share the driver's working directory: pass them absolute paths.
     cfg.model.path = str(Path(cfg.model.path).resolve()) if cfg.model.path else cfg.model.path
-    cfg.data.path = str(Path(cfg.data.path).resolve()) if cfg.data.path else cfg.data.path
+    if cfg.data.path and not storage.is_uri(cfg.data.path):
+        cfg.data.path = str(Path(cfg.data.path).resolve())
 
 
-def run_folders(cfg: TrainConfig) -> tuple[Path, str]:
-    """``(run folder, Ray Train storage)``: ``<storage>/<name>`` for a path; ``runs/<name>`` for a URI."""
-    storage = cfg.run.storage_path
-    local = "://" not in storage
-    run_dir = (Path(storage).resolve() / cfg.run.name) if local else (Path("runs") / cfg.run.name).resolve()
-    return run_dir, str(Path(storage).resolve()) if local else storage
+def run_folders(cfg: TrainConfig) -> tuple[Path | str, str]:
+    """``(run folder, Ray Train storage)``: ``<storage>/<name>``, an absolute path or a URI.
+
+    With a URI the run folder is on the same storage as Ray Train's checkpoints: rank 0 writes the
+    metrics and the HF exports there (through :mod:`clinray.storage`), so any node can read them.
+    """
+    path = cfg.run.storage_path
+    if storage.is_uri(path):
+        return storage.join(path, cfg.run.name), path
+    return Path(path).resolve() / cfg.run.name, str(Path(path).resolve())
 
 
 def grad_accumulation(cfg: TrainConfig, seq_len: int) -> int:
@@ -174,34 +181,49 @@ def run_pretrain(cfg: TrainConfig) -> TrainResult:
     return fit_and_summarize(cfg, plan_run(cfg))
 
 
+def _local_or_uri(path: str) -> Path | str:
+    """A URI as it is, a local path as a ``Path`` (what the result held before URIs were supported)."""
+    return path if storage.is_uri(path) else Path(path)
+
+
 def fit_and_summarize(cfg: TrainConfig, plan: RunPlan) -> TrainResult:
-    """Fit the TorchTrainer of ``plan`` (resuming from the run folder's last checkpoint), plot, summarize."""
+    """Fit the TorchTrainer of ``plan`` (resuming from the run folder's last checkpoint), plot, summarize.
+
+    The run folder may be a URI: the config, plan and plot are uploaded next to the checkpoints, and the
+    metrics are read from what rank 0 uploaded there (:class:`clinray.train.metrics.MetricsWriter`).
+    """
     from clinray.train.metrics import read_metrics
     from clinray.train.plots import plot_loss_per_source
 
-    run_dir = Path(plan.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = dump(cfg, run_dir / "config.yaml")
-    (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    run_dir = _local_or_uri(plan.run_dir)
+    if isinstance(run_dir, Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = storage.join(str(run_dir), "config.yaml")
+    with storage.local_dir_for(config_path) as local:
+        dump(cfg, local)
+    storage.write_text(storage.join(str(run_dir), "plan.json"), json.dumps(plan.to_dict(), indent=2) + "\n")
     result = build_trainer(cfg, plan).fit()
     if result.error is not None:
         raise result.error
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    png = plot_loss_per_source(
-        run_dir / "metrics.jsonl", run_dir / "loss_per_source.png", title=f"{cfg.run.name}: loss per source"
-    )
-    hf_final = run_dir / "hf" / "final"
+    metrics = storage.join(str(run_dir), "metrics.jsonl")
+    rows = read_metrics(metrics)
+    plot = storage.join(str(run_dir), "loss_per_source.png")
+    with storage.local_dir_for(plot) as local:
+        plot_loss_per_source(metrics, local, title=f"{cfg.run.name}: loss per source")
+    hf_final = storage.join(str(run_dir), "hf", "final")
     return TrainResult(
         run_dir=run_dir,
-        hf_final=hf_final,
-        plot=Path(png),
+        hf_final=_local_or_uri(hf_final),
+        plot=_local_or_uri(plot),
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         total_steps=plan.total_steps,
         grad_accum=plan.grad_accum,
         first=rows[0],
         last=rows[-1],
-        config_path=config_path,
+        config_path=_local_or_uri(config_path),
         problems=[]
-        if (hf_final / "config.json").is_file() or not cfg.train.save_final
+        if not cfg.train.save_final
+        # an HF model, or the peft adapter alone (a LoRA run with lora.export: adapter)
+        or any(storage.isfile(storage.join(hf_final, f)) for f in ("config.json", "adapter_config.json"))
         else [f"no final HF export at {hf_final}"],
     )

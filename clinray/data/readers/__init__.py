@@ -191,8 +191,21 @@ def parse_file(
 
 
 def expand_inputs(inputs: list[InputSpec], *, root: str | os.PathLike) -> list[dict]:
-    """File-list rows ``{path, spec index}``, sorted per spec; a file matched twice goes to its first spec."""
+    """File-list rows ``{path, spec index}``, sorted per spec; a file matched twice goes to its first spec.
+
+    A URI ``root`` (``s3://bucket/corpus``) is listed through :mod:`clinray.storage`; its paths keep the
+    scheme, and the readers open them through it.
+    """
     seen, files = set(), []
+    if "://" in str(root):
+        from clinray import storage
+
+        for index, spec in enumerate(inputs):
+            for path, size in storage.find(str(root), spec.glob):
+                if path not in seen:
+                    seen.add(path)
+                    files.append({"path": path, "spec": index, "size": size})
+        return files
     for index, spec in enumerate(inputs):
         pattern = os.path.abspath(os.path.join(str(root), spec.glob))  # absolute paths out of glob
         for path in sorted(glob.glob(pattern, recursive=True)):
@@ -290,7 +303,11 @@ def interleave(files: list[dict], *, root: str | os.PathLike = "/") -> list[dict
     """
 
     def key(f: dict) -> bytes:
-        return hashlib.blake2b(os.path.relpath(f["path"], root).encode(), digest_size=8).digest()
+        if "://" in str(root):  # the same relative names as a local copy of the corpus: the same batches
+            rel = f["path"][len(str(root).rstrip("/")) :].lstrip("/")
+        else:
+            rel = os.path.relpath(f["path"], root)
+        return hashlib.blake2b(rel.encode(), digest_size=8).digest()
 
     return sorted(files, key=key)
 

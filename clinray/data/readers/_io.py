@@ -7,9 +7,11 @@ costs at most ``max_line_bytes`` of memory at a time and becomes a ``line_too_lo
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
+import tarfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,16 +75,24 @@ def file_stem(path: str) -> str:
 
 
 def is_gzip(path: str) -> bool:
-    with open(path, "rb") as f:
+    from clinray import storage
+
+    with storage.open_input(path) as f:
         return f.read(2) == GZIP_MAGIC
 
 
 def open_stream(path: str) -> BinaryIO:
     """The file's bytes, decompressed transparently when it starts with the gzip or zstd magic
-    (SlimPajama ships as ``.jsonl.zst``)."""
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
-    head = raw.read(4)
-    raw.seek(0)
+    (SlimPajama ships as ``.jsonl.zst``). A URI (``s3://``) is one buffered streaming read."""
+    if "://" in path:
+        from clinray import storage
+
+        raw = storage.open_input(path)
+        head = raw.peek(4)[:4]  # a stream: look ahead instead of seeking back
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
+        head = raw.read(4)
+        raw.seek(0)
     if head[:2] == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if head == ZSTD_MAGIC:
@@ -123,6 +133,19 @@ class _ZstdStream(io.RawIOBase):
     def close(self) -> None:
         self.raw.close()
         super().close()
+
+
+@contextlib.contextmanager
+def open_tar(path: str) -> Iterator[tarfile.TarFile]:
+    """A tar archive opened for streaming (``r|*``: compression detected, no seek), local or a URI."""
+    if "://" not in path:
+        with tarfile.open(path, mode="r|*") as tar:
+            yield tar
+        return
+    from clinray import storage
+
+    with storage.open_input(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        yield tar
 
 
 def gzip_error(exc: BaseException) -> ReaderError | None:

@@ -20,6 +20,7 @@ from clinray.data.readers._io import (
     doc_row,
     file_stem,
     gzip_error,
+    open_tar,
     read_all,
     reject_row,
 )
@@ -212,7 +213,7 @@ def read_jats_tar(path: str, *, spec, cfg) -> Iterator[dict]:
 
     archive, last, num = os.path.basename(path), None, 0
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with open_tar(path) as tar:
             for member in tar:
                 if not member.isfile() or not member.name.lower().endswith((".nxml", ".xml")):
                     continue

@@ -23,6 +23,7 @@ from clinray.data.readers._io import (
     reject_row,
 )
 from clinray.data.readers.encoding import check_share, decode_counting
+from clinray.storage import open_random_access
 
 try:  # orjson parses JSON lines several times faster; same results, same ValueError on bad input
     from orjson import loads as _loads
@@ -105,7 +106,7 @@ def read_parquet(path: str, *, spec, cfg) -> Iterator[dict]:
 
     index = 0
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(open_random_access(path) if "://" in path else path)
         names = pf.schema_arrow.names
         missing = [f for f in (spec.text_field, spec.id_field) if f not in names]
         if missing:
