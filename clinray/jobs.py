@@ -146,6 +146,18 @@ JOBS: dict[str, Job] = {
             ),
         ),
         Job(
+            name="cot",
+            help="verified chain-of-thought: a teacher explains MCQ training questions k times (options shuffled), only chains reaching the gold answer kept (Ray Data)",
+            config="clinray.cot.config:CoTConfig",
+            entry="clinray.cot.run:run_cot",
+            ray_job="cot",
+            flags=(
+                Flag(option="--world", key="world", help="tiny world folder (its MedQA/MedMCQA train sets)"),
+                Flag(option="--teacher", key="teacher.model", help="HF model folder, or a served model name"),
+                _OUT,
+            ),
+        ),
+        Job(
             name="sft",
             help="instruction-tune a model on an SFT mixture (packed, response-only loss, NEFTune) with Ray Train + FSDP2",
             config="clinray.train.config:TrainConfig",
@@ -184,6 +196,29 @@ JOBS: dict[str, Job] = {
                 ),
                 _DATA,
                 _OUT,
+            ),
+        ),
+        Job(
+            name="peft",
+            help="two-step clinical PEFT: a clinical LoRA adapter, a task adapter stacked on it (frozen), macro/micro AUROC of 3 variants",
+            config="clinray.peft_clinical.run:PeftConfig",
+            entry="clinray.peft_clinical.run:run_peft",
+            ray_job="peft",
+            # one process, plain PyTorch on CPU (clinray.peft_clinical.recipe): the whole comparison is
+            # four small trainings in a row at tiny size, which Ray would only add start-up time to
+            needs_ray=False,
+            flags=(
+                Flag(
+                    option="--model",
+                    key="model_path",
+                    help="HF folder of the base model (tiny or pretrained)",
+                ),
+                Flag(
+                    option="--world",
+                    key="world_dir",
+                    help="tiny world folder (clinical corpus, synthetic task)",
+                ),
+                Flag(option="--out", key="out", help="output folder (shortcut for --set out=...)"),
             ),
         ),
         Job(

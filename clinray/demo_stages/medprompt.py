@@ -1,8 +1,8 @@
 """Demo stage: build the Milvus Lite example store from the world (``index`` job), then the accuracy of
 each Medprompt strategy on a few MedQA test questions (``medprompt_eval`` job, Figure 3).
 
-The index holds the world's MedQA and MedMCQA training questions with verified CoT, embedded by Ray
-Data actors; the best model so far (SFT, else pretrained, else the random tiny model) answers. With a
+The index holds the world's MedQA and MedMCQA training questions with verified CoT (the CoT stage's
+verified chains first, when it kept any), embedded by Ray Data actors; the best model so far (SFT, else pretrained, else the random tiny model) answers. With a
 tiny model most completions name no option, so the paper's reading (option likelihood after the
 reasoning) and the parsed vote can differ a lot: the table shows both.
 """
@@ -18,7 +18,7 @@ ORDER = 90
 TITLE = "Medprompt: example store and prompting strategies"
 BUDGET_S = 90
 NEEDS = ("world", "tiny_model")
-USES = ("pretrained_model", "sft_model")
+USES = ("pretrained_model", "sft_model", "cot_rows")
 MAKES = ("index", "medprompt_results")
 INDEX_RECIPE = "tiny/index"
 RECIPE = "tiny/medprompt_eval"
@@ -31,7 +31,13 @@ def best_model(ctx: DemoContext) -> tuple[str, str]:
 
 
 def index_overrides(ctx: DemoContext) -> list[str]:
+    import json
+
+    from clinray.demo_stages.cot import verified_rows
+
+    rows = verified_rows(ctx)
     return [
+        *([f"cot={json.dumps([rows])}"] if rows else []),
         f"world={ctx.artifacts['world']}",
         f"store.uri={ctx.stage_dir('medprompt') / 'index.db'}",
         "store.index_type=FLAT",

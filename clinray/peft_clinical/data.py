@@ -80,6 +80,7 @@ def load_notes_csv(
     codes_sep: str = ",",
     label_names: list[str] | None = None,
     max_bad_examples: int = 20,
+    require_labels: bool = True,
 ) -> Notes:
     """Read a MIMIC-style CSV of notes.
 
@@ -91,6 +92,7 @@ def load_notes_csv(
         codes_column: a column of ``codes_sep``-separated codes, one label per distinct code (instead of
             wide columns); ``label_names`` fixes the codes and their order (e.g. a test file read with the
             train file's codes), else the sorted codes seen.
+        require_labels: False reads the notes alone (``label_columns=[]``: step 1's clinical text).
     """
     path = Path(path)
     if not path.is_file():
@@ -122,7 +124,7 @@ def load_notes_csv(
             unknown = [n for n in names if n not in header]
             if unknown:
                 raise ValueError(f"notes CSV {str(path)!r} lacks label columns {unknown}; columns: {header}")
-            if not names:
+            if not names and require_labels:
                 raise ValueError(f"notes CSV {str(path)!r} has no label column besides {text_column!r}")
         col = {h: i for i, h in enumerate(header)}
         rows: list[tuple[str, str, object]] = []

@@ -20,6 +20,7 @@ pooled); "step 1 helped" is judged by a paired bootstrap over test notes of the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from pathlib import Path
@@ -38,7 +39,13 @@ __all__ = [
     "auroc",
     "macro_micro_auroc",
     "paired_bootstrap",
+    "export_stacked",
+    "CONCAT_TOLERANCE",
 ]
+
+#: Max |logit diff| allowed between the stacked pair and its concatenated adapter (fp32).
+CONCAT_TOLERANCE = 1e-5
+HEAD_FILE = "score_head.safetensors"
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -56,9 +63,9 @@ class StepConfig:
     lr: float = 2e-3
     """AdamW learning rate (adapter and head)."""
     steps: int = 60
-    """Optimizer steps (step 1); step 2 runs ``epochs`` over the training notes instead."""
+    """Optimizer steps (step 1; 0: ``epochs`` passes over the text's blocks); step 2 runs ``epochs``."""
     epochs: int = 4
-    """Passes over the training notes (step 2)."""
+    """Passes over the training notes (step 2), or over the clinical text's blocks (step 1 with ``steps: 0``)."""
     batch_size: int = 8
     """Rows per step."""
     seq_len: int = 128
@@ -67,6 +74,8 @@ class StepConfig:
     def __post_init__(self) -> None:
         if self.r < 0 or self.lr <= 0 or self.batch_size < 1 or self.seq_len < 8:
             raise ValueError(f"invalid step config {self}: r >= 0, lr > 0, batch_size >= 1, seq_len >= 8")
+        if self.steps < 0 or self.epochs < 1:
+            raise ValueError(f"invalid step config {self}: steps >= 0 (0: by epochs) and epochs >= 1")
 
     def lora(self, **extra):
         from peft import LoraConfig
@@ -125,17 +134,19 @@ def train_clinical_adapter(
     model.train()
     losses = []
     start = time.perf_counter()
-    for _ in range(cfg.steps):
+    steps = cfg.steps or -(-cfg.epochs * len(blocks) // cfg.batch_size)
+    for _ in range(steps):
         rows = blocks[torch.randint(0, len(blocks), (cfg.batch_size,), generator=gen)]
         loss = model(input_ids=rows, labels=rows).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.save_pretrained(out)
     k = max(1, len(losses) // 10)
     return {
         "blocks": len(blocks),
+        "steps": steps,
         "loss_first": sum(losses[:k]) / k,
         "loss_last": sum(losses[-k:]) / k,
         "seconds": round(time.perf_counter() - start, 1),
@@ -155,13 +166,13 @@ def stacked_classifier(
     """Step 2's model: the base with a multi-label ``score`` head, the frozen clinical adapter (if
     ``clinical_dir``) and a trainable task adapter (if ``task_r``), both active; the head always trains."""
     from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    base = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=num_labels, problem_type="multi_label_classification", dtype=torch.float32
+    base = _classifier_base(model_path, num_labels)
+    # the head trains in full: a LoRA on it too (all-linear would put one there) adds nothing
+    task_cfg = LoraConfig(
+        r=max(task_r, 1), lora_alpha=task_alpha, target_modules=target_modules, exclude_modules=["score"]
     )
-    task_cfg = LoraConfig(r=max(task_r, 1), lora_alpha=task_alpha, target_modules=target_modules)
     if clinical_dir is not None:
         # step 1 saved a CAUSAL_LM adapter; loaded as such it would wrap the classifier in the causal-LM
         # PeftModel (which needs generation methods): the same LoRA weights, loaded without a task type
@@ -189,6 +200,64 @@ def _head(model) -> torch.nn.Module:
     return inner.score
 
 
+def _classifier_base(model_path: str, num_labels: int):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=num_labels, problem_type="multi_label_classification", dtype=torch.float32
+    )
+
+
+def export_stacked(
+    model,
+    model_path: str,
+    out: str | Path,
+    *,
+    num_labels: int,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    tolerance: float = CONCAT_TOLERANCE,
+) -> dict:
+    """Write step 2's stacked model both ways and check they are the same function.
+
+    ``out/pair/``: the frozen clinical and the task adapter as peft saved them (``clinical/``, ``task/``);
+    ``out/concat/``: one adapter of rank r1 + r2 (:func:`clinray.train.lora.concat_adapters`); each with
+    the trained head (``score_head.safetensors``: the head trains in full, outside the adapters). The
+    concatenated adapter is loaded onto a fresh base and its logits on ``input_ids`` compared with the
+    stacked model's (dropout off); the report says the max |diff| and whether it is within ``tolerance``.
+    """
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    from clinray.train.lora import concat_adapters
+
+    out = Path(out)
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    model.eval()
+    with torch.no_grad():
+        stacked = model(input_ids=input_ids, attention_mask=mask).logits
+    model.save_pretrained(out / "pair")
+    head = {k: v.detach().contiguous() for k, v in _head(model).state_dict().items()}
+    save_file(head, str(out / "pair" / HEAD_FILE))
+    concat = concat_adapters([out / "pair" / "clinical", out / "pair" / "task"], out / "concat")
+    save_file(head, str(concat / HEAD_FILE))
+    base = _classifier_base(model_path, num_labels)
+    base.score.load_state_dict(load_file(str(concat / HEAD_FILE)))
+    single = PeftModel.from_pretrained(base, str(concat)).eval()
+    with torch.no_grad():
+        diff = float((single(input_ids=input_ids, attention_mask=mask).logits - stacked).abs().max())
+    rank = json.loads((concat / "adapter_config.json").read_text())["r"]
+    return {
+        "pair": str(out / "pair"),
+        "concat": str(concat),
+        "concat_rank": rank,
+        "max_abs_logit_diff": diff,
+        "tolerance": tolerance,
+        "dtype": "float32",
+        "passed": diff <= tolerance,
+    }
+
+
 def _encode(tokenizer, texts: list[str], seq_len: int) -> dict[str, torch.Tensor]:
     tokenizer.padding_side = "right"
     return tokenizer(texts, truncation=True, max_length=seq_len, padding=True, return_tensors="pt")
@@ -214,7 +283,7 @@ def train_classifier(model, tokenizer, notes: Notes, cfg: StepConfig, *, seed: i
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     return {
         "trainable_params": sum(p.numel() for p in params),
         "loss_last": sum(losses[-5:]) / len(losses[-5:]),

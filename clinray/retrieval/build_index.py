@@ -9,7 +9,9 @@ ids evaluation and Medprompt use, so the leak guard can match them. An example n
 unlabelled question is a reject (``no_answer``), a file without any answer an error. Explanations come
 from the record or from SFT chain-of-thought samples (``sft-<native id>`` or ``sft-<question id>``), used
 only when their final answer is the question's correct option ("verified" CoT, as Medprompt keeps only
-CoT that reaches the right answer). A record that cannot be used is counted and recorded with its
+CoT that reaches the right answer). The verified chains of ``clinray cot`` (``cot`` inputs, its
+``cot.jsonl``) are examples themselves: the question with its options in the order its chain saw them,
+stored under the question's id in place of the question's own record. A record that cannot be used is counted and recorded with its
 reason, never dropped silently. Records are normalized on the driver (small text rows), embedded by
 ``cfg.num_embed_actors`` Ray Data actors, and written by the driver in batches while they stream out of
 ``iter_batches`` (Milvus Lite allows one process per file, and nothing is materialized in full).
@@ -69,6 +71,10 @@ class IndexConfig:
     """Question files to index."""
     sft_cot: list[str] = dataclasses.field(default_factory=list)
     """SFT JSONL files whose CoT answers (id ``sft-<question id>``) supply explanations."""
+    cot: list[str] = dataclasses.field(default_factory=list)
+    """Verified chain-of-thought files of ``clinray cot`` (``cot.jsonl``), read before ``inputs``: a
+    question's first chain becomes its example, with the options in the order that chain saw them; its
+    later chains and its rows in ``inputs`` are ``duplicate_id`` rejects."""
     require_explanation: bool = True
     """Reject questions without a verified chain of thought (they would make poor CoT examples)."""
     drop_existing: bool = False
@@ -85,8 +91,10 @@ class IndexConfig:
     """The Milvus collection."""
 
     def __post_init__(self) -> None:
-        if not self.world and not self.inputs:
-            raise ValueError("nothing to index: set world=<tiny world folder> or inputs=[{path: ...}]")
+        if not self.world and not self.inputs and not self.cot:
+            raise ValueError(
+                "nothing to index: set world=<tiny world folder>, inputs=[{path: ...}] or cot=[cot.jsonl]"
+            )
         if self.num_embed_actors < 1 or self.insert_batch_size < 1:
             raise ValueError("num_embed_actors and insert_batch_size must be at least 1")
 
@@ -103,6 +111,8 @@ class IndexConfig:
             problems += missing_file(spec.path, f"index input ({spec.source or 'questions'})")
         for path in cot:
             problems += missing_file(path, "sft_cot file")
+        for path in self.cot:
+            problems += missing_file(path, "cot file (clinray cot's cot.jsonl)")
         return problems
 
 
@@ -213,6 +223,20 @@ def _load(cfg: IndexConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
     rejects: list[dict[str, Any]] = []
     warnings: list[str] = []
     seen: set[str] = set()
+    for path in cfg.cot:  # verified chains first: they win over the same question's own record
+        from clinray.cot.output import read_cot_questions
+
+        chains, bad = read_cot_questions(path)
+        rejects += [_reject(Path(path), s.locator, s.reason, detail=s.detail) for s in bad]
+        for q in chains:
+            row, reason = normalize_question(q, source=q.meta["source"], cot={}, require_explanation=True)
+            if row is not None and row["id"] in seen:
+                row, reason = None, "duplicate_id"
+            if row is None:
+                rejects.append(_reject(Path(path), q.meta["locator"], reason, qid=q.id))
+                continue
+            seen.add(row["id"])
+            rows.append(row)
     for spec in inputs:
         path = Path(spec.path)
         source = spec.source or path.parent.name
@@ -221,6 +245,9 @@ def _load(cfg: IndexConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
         warnings += questions.warnings
         rejects += [_reject(path, s.locator, s.reason, detail=s.detail) for s in questions.skipped]
         for q in questions:
+            if q.id in seen:  # stored from a verified chain (cfg.cot) or an earlier input
+                rejects.append(_reject(path, q.meta.get("locator", ""), "duplicate_id", qid=q.id))
+                continue
             row, reason = normalize_question(
                 q, source=source, cot=cot, require_explanation=cfg.require_explanation
             )

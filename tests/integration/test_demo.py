@@ -18,10 +18,21 @@ NUM_STAGES = len(discover_stages())
 SMALL = [
     "pretrain:train.max_steps=4",
     "pretrain:train.hf_export_every=2",
+    "cot:limit=4",
+    "cot:k=2",
+    "cot:max_new_tokens=16",
     "sft:train.max_steps=2",
     "sft:sft.option_orders=1",
     "sft:sft.epochs=1",
     "eval:limit=5",
+    "peft:clinical.steps=4",
+    "peft:clinical.seq_len=64",
+    "peft:task.seq_len=64",
+    "peft:task.epochs=2",
+    "peft:task.batch_size=8",
+    "peft:synthetic.num_train=64",
+    "peft:synthetic.num_test=40",
+    "peft:bootstrap_samples=50",
     "medprompt_eval:limit=1",
     "medprompt_eval:strategies=[zero_shot_cot,cot_ensemble]",
 ]
@@ -62,6 +73,7 @@ def test_demo_is_short_and_ends_with_the_results(demo_run):
         "| base |",
         "| P+N |",
         "P+F vs F",
+        "peft AUROC macro/micro",
     ):
         assert needle in out, needle
     sections = sorted(p.name for p in (run_dir / "sections").glob("*.json"))
@@ -71,6 +83,7 @@ def test_demo_is_short_and_ends_with_the_results(demo_run):
     report = (run_dir / "report.md").read_text()
     assert report.count("\n## ") == NUM_STAGES and "Checkpoint sweep" in report
     assert "Toy Table 2" in report and "Knowledge probe" in report
+    assert "| stacked: task adapter on the frozen clinical adapter |" in report and "Step 1 helped" in report
 
 
 def test_resume_reruns_one_stage_from_disk(demo_run, tmp_path):

@@ -17,12 +17,23 @@ from clinray.jobs import JOBS
 #: Toy-size overrides per job, applied last by every door.
 SMALL = {
     "pretrain": ["train.max_steps=4", "train.log_every=2", "train.checkpoint_every=2"],
+    "cot": ["limit=1", "k=2", "max_new_tokens=8"],
     "sft": ["train.max_steps=2", "sft.option_orders=1", "sft.epochs=1", "train.log_every=1"],
     "eval": ["limit=4", "tasks=[clinray_medqa_4]", "merge_columns={}"],
+    "peft": [
+        "clinical.steps=4",
+        "clinical.seq_len=64",
+        "task.seq_len=64",
+        "task.epochs=2",
+        "task.batch_size=8",
+        "synthetic.num_train=64",
+        "synthetic.num_test=40",
+        "bootstrap_samples=50",
+    ],
     "medprompt_eval": ["limit=1", "strategies=[zero_shot_cot]", "setup.medprompt.max_new_tokens=4"],
 }
 #: Demo stages in pipeline order (each needs the artifacts of the ones before).
-STAGES = ["curate", "pack", "pretrain", "sft", "eval", "medprompt"]
+STAGES = ["curate", "pack", "pretrain", "sft", "cot", "eval", "peft", "medprompt"]
 
 
 @pytest.fixture(scope="module")

@@ -561,7 +561,6 @@ def test_rayjob_paths_chain():
     assert serve["args"]["engine"]["model"] == sft_export
 
 
-
 def _recipe(name: str):
     """A paper recipe loaded as its job loads it, with no override."""
     return load(JOBS[recipe_job(name)].config_class(), resolve_recipe(name), [])
@@ -586,6 +585,7 @@ def test_paper_recipes_chain_without_overrides():
     assert evaluation.data_dir == curate.decontaminate.questions_root  # decontaminated against what is scored
     paths = [curate.input_root, curate.output.dir, pack.output_dir, evaluation.out_dir]
     assert all(p.startswith(SHARED) for p in paths), paths
+
 
 @functools.cache
 def _serve_config() -> dict:

@@ -68,7 +68,8 @@ def test_every_missing_input_is_listed_at_once(tmp_path):
     proc, elapsed = _door(
         "ray_jobs.curate", "--config", "tiny/curate", "--set", f"input_root={tmp_path / 'corpus'}"
     )
-    line = _assert_one_line_error(proc, elapsed, "6 problem(s)")
+    # six globs match nothing, and decontamination is on without its evaluation sets: the run refuses
+    line = _assert_one_line_error(proc, elapsed, "7 problem(s)", "decontaminate.questions_root is not set")
     for glob in ("clinical/jats/*.nxml", "clinical/medline/*.xml.gz", "general/text/*.txt"):
         assert glob in line
     assert "clinical/text/*.txt" not in line  # that one matches a file

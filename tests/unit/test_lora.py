@@ -9,6 +9,11 @@
 4. Two gloo ranks (``torch.multiprocessing``, no Ray) train LoRA under FSDP2, checkpoint the adapter
    through DCP, and a fresh 2-rank model resumes to identical adapter weights.
 5. A config with LoRA on loads from the shipped YAML recipe.
+6. The step-2 pair (clinical + task adapter, different ranks, scalings and target modules) concatenates
+   into one adapter of rank r1 + r2 with the same logits within 1e-5 (fp32); what a concatenation cannot
+   represent exactly (DoRA) is refused.
+7. The loop's export of a LoRA run writes the adapter alone, or merged weights whose metadata gives the
+   merge's dtype (fp32), its gate and, for bf16 weights on disk, their measured drift.
 """
 
 from __future__ import annotations
@@ -181,6 +186,35 @@ def test_lora_merge_and_reload_logits_equal_unmerged(tmp_path):
     assert float((again - unmerged).abs().max()) <= 1e-6
 
 
+def test_lora_export_modes_write_what_they_say(tmp_path):
+    """``lora.export: adapter`` writes the peft folder alone; a bf16 merge records its drift beside the gate."""
+    from transformers import AutoModelForCausalLM
+
+    from clinray.train.lora import LoRAConverter, LoRASection, export_lora
+
+    base = _tiny(tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    section = LoRASection(r=4, alpha=8.0, export="adapter")
+    LoRAConverter(section)(model)  # the loop's injection, without FSDP (one process)
+    for name, param in model.named_parameters():
+        if ".lora_B." in name:
+            torch.nn.init.normal_(param, std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    meta = {"step": 3, "task": "sft"}
+    out = export_lora(model, model_path=base, section=section, out=tmp_path / "a", meta=meta)
+    assert (out / "adapter_config.json").is_file() and not (out / "config.json").exists()
+    assert json.loads((out / "clinray_meta.json").read_text())["format"] == "peft_adapter"
+    section = LoRASection(r=4, alpha=8.0, export="merged", merged_dtype="bfloat16")
+    out = export_lora(model, model_path=base, section=section, out=tmp_path / "m", meta=meta)
+    top = json.loads((out / "clinray_meta.json").read_text())
+    assert not (out / "adapter").exists() and top["step"] == 3 and top["export_dtype"] == "bfloat16"
+    gate = top["merge_gate"]
+    assert gate["dtype"] == "float32" and gate["passed"]  # the merge itself is fp32, and exact
+    assert gate["export_max_abs_logit_diff"] > gate["max_abs_logit_diff"]  # bf16 weights drift
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="lora.export"):
+        LoRASection(r=4, export="gguf")
+
+
 def test_merge_gate_refuses_a_drifting_merge(tmp_path):
     from clinray.train.lora import merge_gate
 
@@ -221,6 +255,58 @@ def test_step2_clinical_adapter_frozen_task_adapter_trains(tmp_path):
     assert head and all(not torch.equal(params[n], before[n]) for n in head)
 
 
+def test_stacked_pair_concatenates_into_one_exact_adapter(tmp_path):
+    """Ranks 4 + 2, scalings 2 and 8, all-linear vs [q_proj, v_proj]: one rank-6 adapter, same logits."""
+    from safetensors.torch import load_file
+
+    from clinray.peft_clinical.recipe import export_stacked, stacked_classifier
+
+    base = _tiny(tmp_path / "base")
+    _peft_lm(base).save_pretrained(tmp_path / "clinical")  # r 4, alpha 8, all-linear
+    model = stacked_classifier(
+        str(base),
+        num_labels=3,
+        clinical_dir=tmp_path / "clinical",
+        task_r=2,
+        task_alpha=16.0,
+        target_modules=["q_proj", "v_proj"],
+        seed=0,
+    )
+    gen = torch.Generator().manual_seed(3)
+    for name, param in model.named_parameters():  # a trained task adapter and head
+        if (".task." in name and "lora_B" in name) or "score" in name:
+            torch.nn.init.normal_(param, std=0.05, generator=gen)
+    ids = torch.randint(4, VOCAB, (3, 12), generator=torch.Generator().manual_seed(4))
+    report = export_stacked(model, str(base), tmp_path / "export", num_labels=3, input_ids=ids)
+    assert report["passed"] and report["max_abs_logit_diff"] <= 1e-5 and report["concat_rank"] == 6
+    config = json.loads((Path(report["concat"]) / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 6 and not config["use_rslora"]
+    tensors = load_file(Path(report["concat"]) / "adapter_model.safetensors")
+    k_b = next(v for k, v in tensors.items() if ".k_proj.lora_B" in k)  # the task adapter has no k_proj
+    assert k_b.shape[1] == 6 and torch.all(k_b[:, 4:] == 0) and k_b[:, :4].abs().sum() > 0
+    with torch.no_grad():  # and the task adapter matters: without it the logits differ
+        model.base_model.set_adapter(["clinical"])
+        clinical_only = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        model.base_model.set_adapter(["clinical", "task"])
+        both = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert float((both - clinical_only).abs().max()) > 1e-3
+
+
+def test_concat_refuses_adapters_it_cannot_sum_exactly(tmp_path):
+    from clinray.train.lora import concat_adapters
+
+    base = _tiny(tmp_path / "base")
+    _peft_lm(base).save_pretrained(tmp_path / "a")
+    _peft_lm(base, seed=1).save_pretrained(tmp_path / "b")
+    config = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
+    (tmp_path / "b" / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ValueError, match="use_dora"):
+        concat_adapters([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    with pytest.raises(ValueError, match="not a peft adapter folder"):
+        concat_adapters([tmp_path / "a", tmp_path / "missing"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_mimic_csv_loader_counts_a_corrupt_row(tmp_path):
     from clinray.peft_clinical.data import load_notes_csv
 
@@ -240,6 +326,8 @@ def test_mimic_csv_loader_counts_a_corrupt_row(tmp_path):
     assert notes.texts[0] == "Fever, hypotension."
     assert notes.labels == [[1, 0], [0, 1], [0, 0]]
     assert notes.bad_rows == {"empty_text": 1, "bad_label_value": 1, "wrong_field_count": 1}
+    texts = load_notes_csv(path, label_columns=[], require_labels=False)  # step 1's clinical text
+    assert len(texts) == 4 and texts.bad_rows == {"empty_text": 1, "wrong_field_count": 1}
     with pytest.raises(ValueError, match="text column 'note'"):
         load_notes_csv(path, text_column="note")
     with pytest.raises(ValueError, match="no such file"):
