@@ -11,38 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 from clinray.data.decontam_config import DecontamConfig
+from clinray.qa.files import QuestionFile
 from clinray.results import missing_dir, missing_file, missing_model
 
 __all__ = ["CoTInput", "TeacherConfig", "CoTConfig"]
 
 
-@dataclasses.dataclass(kw_only=True, slots=True)
-class CoTInput:
-    """One file of multiple-choice training questions, read by :mod:`clinray.qa`."""
-
-    path: str
-    """A question file in a native layout (MedQA JSONL, MedMCQA JSON lines or Parquet, MMLU CSV, PubMedQA)."""
-    source: str = ""
-    """Label of the file's questions in the rows and the report (default: the file's parent folder name)."""
-    benchmark: str = ""
-    """The benchmark whose layout the file has (``medqa``, ``medmcqa``, ...; '' = from its folder or content)."""
-    cop_base: str = "auto"
-    """MedMCQA ``cop`` base: ``auto`` (a 0 anywhere means 0-based), ``0`` or ``1``."""
-
-    def __post_init__(self) -> None:
-        from clinray.qa import BENCHMARKS, normalize_cop_base
-
-        self.cop_base = normalize_cop_base(self.cop_base)
-        if self.benchmark and self.benchmark not in BENCHMARKS:
-            raise ValueError(
-                f"inputs[].benchmark {self.benchmark!r} unknown; choose from {sorted(BENCHMARKS)}"
-            )
-        if not self.path:
-            raise ValueError("inputs[].path is not set (a question file)")
-
-    @property
-    def label(self) -> str:
-        return self.source or Path(self.path).parent.name
+CoTInput = QuestionFile
+"""One question file (:class:`clinray.qa.files.QuestionFile`)."""
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)

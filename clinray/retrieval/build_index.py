@@ -29,6 +29,7 @@ from typing import Any
 from clinray.config import dump
 from clinray.models.chat_template import COT_ANSWER_PREFIX, COT_PREFIX
 from clinray.qa import Question, read_questions
+from clinray.qa.files import QuestionFile
 from clinray.results import StageResult, missing_file
 from clinray.retrieval.embed import EmbedConfig, embedding_text
 from clinray.retrieval.milvus_store import MAX_TEXT_CHARS, StoreConfig
@@ -38,27 +39,8 @@ __all__ = ["InputSpec", "IndexConfig", "load_examples", "build_index", "world_in
 _MAX_REJECTS_LISTED = 1000
 
 
-@dataclasses.dataclass(kw_only=True, slots=True)
-class InputSpec:
-    """One question file."""
-
-    path: str
-    """A question file in a native layout (MedQA/clinray example JSONL, MedMCQA JSON or Parquet, ...)."""
-    source: str = ""
-    """Label stored with each example (default: the file's parent folder name)."""
-    benchmark: str = ""
-    """The benchmark whose layout the file has (``medqa``, ``medmcqa``, ...; '' = from its folder or content)."""
-    cop_base: str = "auto"
-    """MedMCQA ``cop`` base: ``auto`` (a 0 anywhere means 0-based), ``0`` or ``1``."""
-
-    def __post_init__(self) -> None:
-        from clinray.qa import BENCHMARKS, normalize_cop_base
-
-        self.cop_base = normalize_cop_base(self.cop_base)
-        if self.benchmark and self.benchmark not in BENCHMARKS:
-            raise ValueError(
-                f"inputs[].benchmark {self.benchmark!r} unknown; choose from {sorted(BENCHMARKS)}"
-            )
+InputSpec = QuestionFile
+"""One question file (:class:`clinray.qa.files.QuestionFile`)."""
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
