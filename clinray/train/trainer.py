@@ -186,6 +186,33 @@ def _local_or_uri(path: str) -> Path | str:
     return path if storage.is_uri(path) else Path(path)
 
 
+def finished_checkpoint(run_dir: Path | str, plan: RunPlan) -> str | None:
+    """The newest checkpoint of a run that already reached ``plan.total_steps``, else None.
+
+    Finished means: the final export (``hf/final``, written after the last checkpoint was reported)
+    is from step ``total_steps``, the metrics reach it, and a checkpoint of that step is there. A run
+    resubmitted with the same name and steps then returns at once, where it used to start a worker
+    group, resume and export the same weights again; more steps (or any partial state) train as before.
+    """
+    run_dir = str(run_dir)
+    meta_path = storage.join(run_dir, "hf", "final", "clinray_meta.json")
+    metrics_path = storage.join(run_dir, "metrics.jsonl")
+    name = f"checkpoint_{plan.total_steps:07d}"
+    if not (storage.isfile(meta_path) and storage.isfile(metrics_path)):
+        return None
+    if json.loads(storage.read_text(meta_path)).get("step") != plan.total_steps:
+        return None
+    from clinray.train.checkpoint import STATE_FILE
+    from clinray.train.metrics import read_metrics
+
+    rows = read_metrics(metrics_path)
+    if not rows or rows[-1]["step"] != plan.total_steps:
+        return None
+    if not storage.isfile(storage.join(run_dir, name, STATE_FILE)):
+        return None
+    return storage.join(run_dir, name)
+
+
 def fit_and_summarize(cfg: TrainConfig, plan: RunPlan) -> TrainResult:
     """Fit the TorchTrainer of ``plan`` (resuming from the run folder's last checkpoint), plot, summarize.
 
@@ -202,9 +229,14 @@ def fit_and_summarize(cfg: TrainConfig, plan: RunPlan) -> TrainResult:
     with storage.local_dir_for(config_path) as local:
         dump(cfg, local)
     storage.write_text(storage.join(str(run_dir), "plan.json"), json.dumps(plan.to_dict(), indent=2) + "\n")
-    result = build_trainer(cfg, plan).fit()
-    if result.error is not None:
-        raise result.error
+    checkpoint = finished_checkpoint(run_dir, plan) if cfg.train.save_final else None
+    if checkpoint is None:
+        result = build_trainer(cfg, plan).fit()
+        if result.error is not None:
+            raise result.error
+        checkpoint = result.checkpoint.path if result.checkpoint else None
+    else:  # a finished run submitted again: nothing to train, no worker group to start
+        print(f"{cfg.run.name}: already finished at step {plan.total_steps} ({checkpoint}); nothing to train")
     metrics = storage.join(str(run_dir), "metrics.jsonl")
     rows = read_metrics(metrics)
     plot = storage.join(str(run_dir), "loss_per_source.png")
@@ -215,7 +247,7 @@ def fit_and_summarize(cfg: TrainConfig, plan: RunPlan) -> TrainResult:
         run_dir=run_dir,
         hf_final=_local_or_uri(hf_final),
         plot=_local_or_uri(plot),
-        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        checkpoint=checkpoint,
         total_steps=plan.total_steps,
         grad_accum=plan.grad_accum,
         first=rows[0],

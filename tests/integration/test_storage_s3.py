@@ -269,52 +269,56 @@ def test_sft_packs_into_the_bucket_trains_from_it_and_reuses_it(
     tiny_model_dir, world_dir, s3_server, local_cwd
 ):
     """SFT with a URI storage path: the packed rows go to the bucket (manifest last), the workers read
-    them from there, and a re-run with more steps reuses them (fingerprint) and resumes."""
+    them from there, and the data stage run again reuses them (fingerprint) without packing anew.
+    (A resume from the bucket is the pretraining test's: the same loop and checkpoint code.)"""
     from clinray import storage
-    from clinray.sft.prepare import run_sft
+    from clinray.sft.prepare import _prepare_on_storage, run_sft
     from clinray.train.config import TrainConfig
     from clinray.train.metrics import read_metrics
 
     questions = world_dir / "questions"
-
-    def cfg(steps: int) -> TrainConfig:
-        return load(
-            TrainConfig,
-            "tiny/sft",
-            [
-                f"model.path={tiny_model_dir}",
-                f"sft.paths.medqa={questions / 'medqa' / 'train.jsonl'}",
-                f"sft.paths.medmcqa={questions / 'medmcqa' / 'train.json'}",
-                "sft.option_orders=1",
-                "sft.epochs=1",
-                "sft.seq_len=256",
-                f"sft.decontaminate.questions_root={questions}",
-                f"run.storage_path={S3}/runs",
-                "run.name=s3sft",
-                "train.global_batch_tokens=1024",
-                "train.micro_batch_size=2",
-                f"train.max_steps={steps}",
-                "train.max_time_s=0",
-                "train.checkpoint_every=1",
-                "train.hf_export_every=0",
-                "train.log_every=1",
-            ],
-        )
-
-    first = run_sft(cfg(1))
-    assert first.ok, first.problems
+    cfg = load(
+        TrainConfig,
+        "tiny/sft",
+        [
+            f"model.path={tiny_model_dir}",
+            f"sft.paths.medqa={questions / 'medqa' / 'train.jsonl'}",
+            f"sft.paths.medmcqa={questions / 'medmcqa' / 'train.json'}",
+            "sft.option_orders=1",
+            "sft.epochs=1",
+            "sft.seq_len=256",
+            f"sft.decontaminate.questions_root={questions}",
+            f"run.storage_path={S3}/runs",
+            "run.name=s3sft",
+            "train.global_batch_tokens=1024",
+            "train.micro_batch_size=2",
+            "train.max_steps=2",
+            "train.max_time_s=0",
+            "train.checkpoint_every=2",
+            "train.hf_export_every=0",
+            "train.log_every=1",
+        ],
+    )
+    result = run_sft(cfg)
+    assert result.ok, result.problems
     data = f"{S3}/runs/s3sft/sft_data"
-    assert first.data_dir == data and first.data["path"] == data
-    keys = _keys(s3_server, "runs/s3sft/sft_data/")
-    assert "runs/s3sft/sft_data/manifest.json" in keys and "runs/s3sft/sft_data/epoch-00.parquet" in keys
+    assert result.data_dir == data and result.data["path"] == data
+    keys = _keys(s3_server, "runs/s3sft/")
+    for key in (
+        "sft_data/manifest.json",
+        "sft_data/epoch-00.parquet",
+        "metrics.jsonl",
+        "hf/final/config.json",
+    ):
+        assert f"runs/s3sft/{key}" in keys, key
+    assert any(k.startswith("runs/s3sft/checkpoint_0000002/") for k in keys)
+    assert [r["step"] for r in read_metrics(f"{result.run_dir}/metrics.jsonl")] == [1, 2]
     stamp = s3_server.head_object(Bucket=BUCKET, Key="runs/s3sft/sft_data/epoch-00.parquet")["LastModified"]
-    again = run_sft(cfg(2))
-    assert again.ok, again.problems
+    again = _prepare_on_storage(cfg, data)  # what a re-run's data stage does: fetch the manifest, reuse
+    assert again["fingerprint"] == result.data["fingerprint"] and again["path"] == data
     assert (
         s3_server.head_object(Bucket=BUCKET, Key="runs/s3sft/sft_data/epoch-00.parquet")["LastModified"]
         == stamp
     )
-    rows = read_metrics(f"{again.run_dir}/metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2] and rows[1]["resumed_from"] == 1
-    assert storage.isfile(f"{again.hf_final}/config.json")
+    assert storage.isfile(f"{result.hf_final}/config.json")
     assert not any(local_cwd.iterdir())

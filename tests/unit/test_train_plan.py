@@ -42,3 +42,21 @@ def test_relative_paths_reach_workers_absolute(tmp_path, monkeypatch):
     assert cfg.model.path == str(tmp_path / "model")
     assert cfg.data.path == str(tmp_path / "blocks")
     assert Path(plan.run_dir).is_absolute()
+
+
+def test_a_finished_run_is_recognized_and_a_partial_one_is_not(tmp_path):
+    from clinray.train.plan import RunPlan
+    from clinray.train.trainer import finished_checkpoint
+
+    plan = RunPlan(seq_len=8, total_steps=4, run_dir=str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))
+    (tmp_path / "checkpoint_0000004").mkdir()
+    (tmp_path / "checkpoint_0000004" / "clinray_state.json").write_text("{}")
+    assert finished_checkpoint(tmp_path, plan) is None  # no final export yet: the run must export it
+    (tmp_path / "hf" / "final").mkdir(parents=True)
+    (tmp_path / "hf" / "final" / "clinray_meta.json").write_text(json.dumps({"step": 4}))
+    assert finished_checkpoint(tmp_path, plan) == str(tmp_path / "checkpoint_0000004")
+    more = RunPlan(seq_len=8, total_steps=6, run_dir=str(tmp_path))
+    assert finished_checkpoint(tmp_path, more) is None  # more steps asked: it trains on
+    (tmp_path / "checkpoint_0000004" / "clinray_state.json").unlink()
+    assert finished_checkpoint(tmp_path, plan) is None  # the last checkpoint incomplete
