@@ -46,6 +46,7 @@ import pandas as pd
 import pyarrow as pa
 
 from clinray import storage
+from clinray.data.arrays import sorted_unique
 from clinray.data.dedup_minhash_graph import (  # noqa: F401  (re-exported)
     CLUSTER_COLUMNS,
     EDGE_COLUMNS,
@@ -331,7 +332,7 @@ def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     for 100 words, shingling included).
     """
     hashed = pd.util.hash_array(np.fromiter(shingles(text, ngram), dtype=object), categorize=False)
-    return np.unique(hashed.astype(np.uint32))
+    return sorted_unique(hashed.astype(np.uint32))
 
 
 def filter_edges(
@@ -424,10 +425,10 @@ def shingle_requested(pieces, *, blocks: list[tuple], ngram: int, num_partitions
     import ray
 
     requests = concat(pieces, ["loc", "part"]).drop_duplicates(ignore_index=True)
-    locs = np.unique(requests["loc"].to_numpy(np.int64)) if len(requests) else np.zeros(0, np.int64)
+    locs = sorted_unique(requests["loc"].to_numpy(np.int64)) if len(requests) else np.zeros(0, np.int64)
     where = {b: (ref, start, end) for b, ref, start, end in blocks}
     hashed_locs, hashes = [], []
-    for b in np.unique(locs >> 32):
+    for b in sorted_unique(locs >> 32):
         ref, start, end = where[int(b)]
         mine = locs[(locs >> 32) == b]
         table = _block_table(ray.get(ref), start, end, ["text"])

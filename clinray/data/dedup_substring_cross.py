@@ -5,7 +5,7 @@ is the pure numpy half: what each shard and each reducer computes. The Ray orche
 pieces between tasks is in :mod:`clinray.data.dedup_substring_shards`; :func:`cross_marks_local` runs
 the same steps in one process (tests compare it with one suffix array over the whole corpus).
 
-Notation for one pass with threshold ``L`` (bytes): the winnowing window ``t = ceil(L / 2)`` and the
+Notation for one pass with threshold ``L`` (bytes): the winnowing window ``t = ceil(L / 4)`` and the
 fingerprint length ``w = L - t + 1``, so an ``L``-gram holds exactly ``t`` consecutive ``w``-grams.
 
 1. **Fingerprints** (per shard, :func:`winnow`). Every ``w``-gram is hashed (a polynomial rolling hash
@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clinray.data.arrays import sorted_unique, unique_first_inverse
+
 SEPARATOR = 0xFF
 _B = np.uint64(0x100000001B3)  # an odd multiplier (FNV-64's prime): invertible mod 2^64
 _B_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
@@ -48,6 +50,12 @@ _MIX1, _MIX2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 #: Text bytes hashed per step of :func:`winnow` (segments end at document boundaries): its temporary
 #: arrays take about 100 bytes per segment byte, so this bounds them at ~100 MB whatever the shard.
 SEGMENT_BYTES = 1 << 20
+#: ``t = ceil(L / WINDOW_DIVISOR)``. A smaller window selects more positions (``2 / (t + 1)`` of them,
+#: so more hashes are shuffled) but longer fingerprints (``w`` bytes), which fewer unrelated contexts
+#: share, and shorter records with fewer ``L``-grams each. Measured on the tiny world at scale 40,
+#: pass 100, 2 shards (one process): divisor 2 (t = 50, w = 51) sent 787k records and spent 9.5 s in
+#: rounds 1-4; 3 (t = 34) 499k and 3.7 s; 4 (t = 25, w = 76) 380k and 3.1 s; 8 (t = 13) 325k and 4.1 s.
+WINDOW_DIVISOR = 4
 #: Records hashed per step of :func:`resolve_records` (bounds its temporary arrays).
 RESOLVE_CHUNK = 16_384
 _POWERS: dict[bool, np.ndarray] = {}
@@ -55,7 +63,7 @@ _POWERS: dict[bool, np.ndarray] = {}
 
 def window_params(min_len: int) -> tuple[int, int]:
     """``(t, w)`` for threshold ``min_len``: winnowing window and fingerprint length, ``t + w - 1 = L``."""
-    t = max(1, math.ceil(min_len / 2))
+    t = max(1, math.ceil(min_len / WINDOW_DIVISOR))
     return t, min_len - t + 1
 
 
@@ -196,7 +204,7 @@ def split_by_part(parts: np.ndarray, num_parts: int, *arrays: np.ndarray) -> lis
 
 def distinct_hash_parts(fp: Fingerprints, num_parts: int) -> list[np.ndarray]:
     """Step 2's map: the shard's distinct selected hashes, one sorted array per reducer."""
-    distinct = np.unique(fp.hash)
+    distinct = sorted_unique(fp.hash)
     return [p[0] for p in split_by_part(partition_of(distinct, num_parts), num_parts, distinct)]
 
 
@@ -273,7 +281,7 @@ def context_records(
         sl = slice(lo, lo + RESOLVE_CHUNK)
         with np.errstate(over="ignore"):
             ids[sl] = _masked_windows(view, pos[sl], jlo[sl], jhi[sl], min_len).astype(np.uint64) @ pw
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    first, inverse = unique_first_inverse(ids)
     rep = first[inverse]  # the first record with the same hash (itself when it is the first)
     unique = rep == np.arange(len(pos))
     for lo in range(0, len(pos), RESOLVE_CHUNK):  # a later record is dropped only if its bytes are equal
@@ -342,7 +350,7 @@ def resolve_records(
     for lo in range(0, len(idx), RESOLVE_CHUNK):
         a, b = idx[lo : lo + RESOLVE_CHUNK], rep[lo : lo + RESOLVE_CHUNK]
         same[lo : lo + RESOLVE_CHUNK] = (grams[row[a], j[a]] == grams[row[b], j[b]]).all(axis=1)
-    bad_groups = np.unique(group[idx[~same]])
+    bad_groups = sorted_unique(group[idx[~same]])
     # (with remove_all every member of a group is a candidate, the earliest copy included)
     marked = [idx[same & ~np.isin(group[idx], bad_groups)]]
     for g in bad_groups.tolist():  # a hash collision: group this hash's L-grams on their bytes
@@ -365,7 +373,7 @@ def resolve_records(
 def start_runs(starts: np.ndarray) -> np.ndarray:
     """Marked ``L``-gram starts as runs ``[a, b)`` of consecutive positions, shape ``(k, 2)``: the
     cross marks travel as runs (one per stretch of a repeat, not one per byte)."""
-    starts = np.unique(starts)
+    starts = sorted_unique(starts)
     if starts.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
     new_run = np.flatnonzero(np.diff(starts) != 1) + 1
