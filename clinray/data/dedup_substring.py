@@ -91,7 +91,7 @@ class SubstringConfig:
     """Minimum repeated span in bytes, one pass per entry, in order (the paper: 400 then 100)."""
     mode: Literal["keep_first", "remove_all"] = "keep_first"
     """``keep_first``: the copy in the document whose id sorts first stays; ``remove_all``: every copy goes."""
-    shard_bytes: int = 256 * 1024 * 1024
+    shard_bytes: int = 8 * 1024 * 1024
     """Most text bytes per shard (a shard's suffix-array task needs ``MEMORY_BYTES_PER_INPUT_BYTE``
     times this; lowered automatically when that would not fit on the largest node)."""
     min_shard_bytes: int = SHARD_MIN_BYTES_DEFAULT

@@ -5,7 +5,9 @@ there); the numpy work of the cross-shard rounds is :mod:`clinray.data.dedup_sub
 
 **Shards** (:func:`make_shards`): one task per input block samples its ids weighted by text bytes (an
 id per ``step`` bytes, from a random offset); the driver sorts the sample (about ``SAMPLE_SIZE`` ids,
-never one per document) and cuts it into ``num_shards`` equal byte ranges; each block is split by those
+never one per document) and cuts it into ``num_shards`` equal byte ranges; the blocks, in groups
+(``senders_for``: a group's piece for one shard is at least ``MIN_SHUFFLE_PIECE`` on average, so no
+piece is small enough for Ray to keep it in the driver's heap, however many shards), are split by those
 id boundaries and each shard's pieces are concatenated and sorted by id (then input file and locator,
 so equal ids keep one order). That is one all-to-all move of the text, as a sort would be, but the cut
 follows bytes: shards differ by a sampling error, not by the 2.9x a row-count cut gave.
@@ -33,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clinray.data import dedup_substring_cross as cross
-from clinray.data.sizing import cluster_cpus, count_for, memory_request
+from clinray.data.sizing import cluster_cpus, count_for, memory_request, senders_for
 from clinray.data.stage import Accountant, batch_key, rows_to_table, table_rows, text_bytes
 from clinray.data.timings import timed_pass
 
@@ -49,6 +51,14 @@ ORDER_COLUMNS = ("id", "input_file", "locator")
 #: store (Ray keeps a task result under 100 KB in the memory of its caller, here the driver) and the
 #: marks sent back, about a tenth of the records, mostly do too. Reducers' memory follows their input.
 PIECE_BYTES = 1 << 20
+#: Most bytes one reducer of a shuffle round takes: the number of partitions is raised to keep it (so
+#: pieces shrink instead when there are many shards; :data:`MAX_SHARDS` keeps them above Ray's inline
+#: size at any corpus size).
+REDUCER_BYTES = 256 << 20
+#: Most shards a pass uses. ``shards x partitions`` pieces of at least ~128 KB with reducers of at most
+#: ``REDUCER_BYTES`` allow about 2,000 shards; past ``MAX_SHARDS x shard_bytes`` of text the shards
+#: grow instead (200 GB: 2,048 shards of ~98 MB, a 3.1 GB suffix-array task each).
+MAX_SHARDS = 2048
 
 
 # --- memory ---------------------------------------------------------------------------------------------
@@ -180,6 +190,14 @@ def split_block(table: pa.Table, boundaries: list[str]) -> list[pa.Table]:
     return [taken.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
+def split_blocks(boundaries: list[str], *tables: pa.Table) -> list[pa.Table]:
+    """:func:`split_block` over a group of blocks: one piece per shard for the whole group, so the
+    pieces stay large when there are many shards (see :func:`make_shards`)."""
+    tables = [t for t in tables if t.num_rows] or list(tables[:1])
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    return split_block(table, boundaries)
+
+
 def build_shard(*pieces: pa.Table) -> tuple[pa.Table, dict]:
     """One shard: its pieces of every block, concatenated and sorted into corpus order."""
     table = pa.concat_tables(pieces, promote_options="default") if pieces else pa.table({})
@@ -216,8 +234,9 @@ def _remote(fn, **options):
 def shard_count(total_bytes: int, cfg, *, cpus: int, node_memory: int = 0) -> int:
     """How many shards for ``total_bytes`` of text: ``cfg.num_shards`` if set, else
     ``ceil(total / shard_bytes)`` raised to the cluster's CPUs while each shard keeps at least
-    ``min_shard_bytes``. ``shard_bytes`` is lowered first if a shard's suffix-array task
-    (``MEMORY_BYTES_PER_INPUT_BYTE`` per byte) would need more than 80% of the largest node."""
+    ``min_shard_bytes``, at most :data:`MAX_SHARDS`. ``shard_bytes`` is lowered first if a shard's
+    suffix-array task (``MEMORY_BYTES_PER_INPUT_BYTE`` per byte) would need more than 80% of the
+    largest node."""
     from clinray.data.dedup_substring import MEMORY_BYTES_PER_INPUT_BYTE
 
     target = cfg.shard_bytes
@@ -227,6 +246,7 @@ def shard_count(total_bytes: int, cfg, *, cpus: int, node_memory: int = 0) -> in
         total_bytes,
         target_bytes=target,
         cpus=min(cpus, max(1, total_bytes // cfg.min_shard_bytes)),
+        maximum=MAX_SHARDS,
         override=cfg.num_shards,
     )
 
@@ -248,11 +268,20 @@ def make_shards(block_refs: list, *, size_bytes: int, cfg, sink_root: str, stage
         bounds = boundaries_from_sample(sample, wanted)
         del sample
         num = len(bounds) + 1
+        senders = 0
         if num == 1:
             per_shard = [list(block_refs)]
         else:
-            split = _remote(split_block, num_returns=num)
-            pieces = [split.remote(b, bounds) for b in block_refs]
+            # blocks grouped so that a group's piece for one shard keeps MIN_SHUFFLE_PIECE on average:
+            # senders x shards pieces, none of them small enough to be kept in the driver's heap
+            senders = senders_for(total, receivers=num, maximum=len(block_refs))
+            groups = np.array_split(np.arange(len(block_refs)), senders)
+            split = _remote(
+                split_blocks,
+                num_returns=num,
+                memory=task_memory(int(1.25 * total / senders), BUILD_BYTES_PER_INPUT_BYTE, limit=limit),
+            )
+            pieces = [split.remote(bounds, *[block_refs[i] for i in g]) for g in groups]
             per_shard = [[p[s] for p in pieces] for s in range(num)]
         # the builder holds its shard about three times (pieces, concatenation, sorted copy)
         share = int(1.25 * total / num)
@@ -268,6 +297,8 @@ def make_shards(block_refs: list, *, size_bytes: int, cfg, sink_root: str, stage
             shards=len(shards),
             shards_wanted=wanted,
             cpus=cpus,
+            blocks=len(block_refs),
+            split_tasks=senders,
             text_bytes=int(total),
             max_shard_bytes=int(max(sizes)),
             min_shard_bytes=int(min(sizes)),
@@ -375,8 +406,10 @@ def suffix_array_memory(num_bytes: int, *, limit: int = 0) -> int:
 
 def partition_count(estimate: int, num_shards: int) -> int:
     """Hash partitions of a shuffle round of about ``estimate`` bytes: pieces of ``PIECE_BYTES`` on
-    average, at most one partition per shard (at least one)."""
-    return max(1, min(num_shards, estimate // (num_shards * PIECE_BYTES)))
+    average, at most one partition per shard, but enough that no reducer takes more than
+    ``REDUCER_BYTES`` (at least one)."""
+    by_piece = min(num_shards, estimate // (num_shards * PIECE_BYTES))
+    return int(max(1, by_piece, -(-estimate // REDUCER_BYTES)))
 
 
 def _cross_marks(stage, shards: Shards, step: int, limit: int) -> list[list]:

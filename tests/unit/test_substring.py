@@ -22,9 +22,12 @@ from clinray.data.dedup_substring import (
     word_spans,
 )
 from clinray.data.dedup_substring_shards import (
+    MAX_SHARDS,
+    REDUCER_BYTES,
     boundaries_from_sample,
     build_shard,
     concat_column,
+    partition_count,
     sample_block,
     shard_count,
     split_block,
@@ -417,11 +420,25 @@ def test_shard_count_follows_the_data_and_the_cluster():
     cfg, MB = SubstringConfig(), 1_000_000
     assert shard_count(1 * MB, cfg, cpus=8) == 1  # under min_shard_bytes: one task is cheapest
     assert shard_count(50 * MB, cfg, cpus=8) == 8  # every core gets a shard
-    assert shard_count(50 * MB, cfg, cpus=2) == 2
-    assert shard_count(200_000 * MB, cfg, cpus=600) == 746  # ceil(200 GB / 256 MiB) > the CPUs
-    # a 4 GiB node fits a 107 MB shard (32 B/B, 80%): 200 GB needs more, smaller shards
-    assert shard_count(200_000 * MB, cfg, cpus=600, node_memory=4 << 30) == 1863
+    assert shard_count(50 * MB, cfg, cpus=2) == 6  # ceil(50 MB / 8 MiB) > the CPUs
+    assert shard_count(200 * MB, cfg, cpus=2) == 24  # the shard size stays: the count follows the data
+    # a 256 MiB node fits a 6.7 MB shard (32 B/B, 80%): more, smaller shards
+    assert shard_count(200 * MB, cfg, cpus=2, node_memory=256 << 20) == 30
+    # past MAX_SHARDS x shard_bytes the shards grow instead (200 GB: 2,048 shards of ~98 MB)
+    assert shard_count(200_000 * MB, cfg, cpus=600) == MAX_SHARDS == 2048
     assert shard_count(50 * MB, SubstringConfig(num_shards=3), cpus=8) == 3  # the override wins
+
+
+def test_shuffle_partitions_keep_pieces_large_and_reducers_small():
+    MB = 1_000_000
+    assert partition_count(1 * MB, 2) == 1  # small rounds: one reducer, no piece in the driver's heap
+    assert partition_count(460 * MB, 24) == 18  # tiny world, scale 160: pieces of about 1 MiB
+    assert partition_count(30 * MB, 100) == 1
+    # 123 GB of hashes over 2,048 shards: pieces of 1 MiB would mean 57 reducers of 2 GB each; the
+    # reducer cap wins (459 reducers of 256 MiB, pieces of ~131 KB, still above Ray's inline size)
+    parts = partition_count(123_000 * MB, MAX_SHARDS)
+    assert parts == 459 and 123_000 * MB / parts <= REDUCER_BYTES
+    assert 123_000 * MB / (parts * MAX_SHARDS) > 100_000
 
 
 _MEASURE = """
