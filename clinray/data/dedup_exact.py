@@ -18,9 +18,12 @@ import unicodedata
 
 import pyarrow as pa
 
+from clinray.data.sizing import MiB, cluster_cpus, count_for
 from clinray.data.stage import DETAIL, REASON, Accountant, batch_key, table_rows, text_bytes
 
 HASH = "_hash"
+#: Input bytes per hash partition when ``num_partitions`` is 0.
+PARTITION_BYTES = 16 * MiB
 DEFAULT_PRIORITY = ["pmc", "pubmed", "textbooks", "guidelines", "articles", "slimpajama"]
 
 
@@ -32,12 +35,15 @@ class ExactDedupConfig:
     """Run the stage."""
     source_priority: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_PRIORITY))
     """Which copy is kept: the first source in this list wins, then the smallest id."""
-    num_partitions: int = 8
-    """Hash partitions of the shuffle (raise it with the corpus: about 1 per 100 MB of text)."""
+    num_partitions: int = 0
+    """Hash partitions of the shuffle; 0 = from the data: one per ``PARTITION_BYTES`` of input files,
+    at least one per CPU (a fixed count makes each block, and its cost per document, grow with the corpus)."""
 
     def __post_init__(self):
-        if self.num_partitions < 1:
-            raise ValueError(f"exact_dedup.num_partitions must be >= 1, got {self.num_partitions}")
+        if self.num_partitions < 0:
+            raise ValueError(
+                f"exact_dedup.num_partitions must be >= 0 (0 = automatic), got {self.num_partitions}"
+            )
         if len(set(self.source_priority)) != len(self.source_priority):
             raise ValueError(f"exact_dedup.source_priority lists a source twice: {self.source_priority}")
 
@@ -88,10 +94,21 @@ class DedupBlock:
         return self.accountant.account(marked, key=batch_key(rows), start=start, num_bytes_in=num_bytes_in)
 
 
-def exact_dedup(ds, cfg: ExactDedupConfig, *, sink_root: str):
-    """The ``exact_dedup`` stage on a working-schema Ray Dataset (lazy: nothing runs here)."""
+def num_partitions(cfg: ExactDedupConfig, input_bytes: int) -> int:
+    """The shuffle's partitions: ``cfg.num_partitions``, or one per ``PARTITION_BYTES`` of
+    ``input_bytes`` (the input files), at least the cluster's CPUs."""
+    return count_for(
+        input_bytes, target_bytes=PARTITION_BYTES, cpus=cluster_cpus(), override=cfg.num_partitions
+    )
+
+
+def exact_dedup(ds, cfg: ExactDedupConfig, *, sink_root: str, input_bytes: int = 0):
+    """The ``exact_dedup`` stage on a working-schema Ray Dataset (lazy: nothing runs here).
+
+    ``input_bytes``: the size of the input files, which sizes the shuffle when ``num_partitions`` is 0.
+    """
     hashed = ds.map_batches(add_hash, batch_format="pyarrow")
-    shuffled = hashed.repartition(cfg.num_partitions, keys=[HASH])
+    shuffled = hashed.repartition(num_partitions(cfg, input_bytes), keys=[HASH])
     return shuffled.map_batches(
         DedupBlock(cfg, sink_root=sink_root), batch_size=None, batch_format="pyarrow", zero_copy_batch=False
     )

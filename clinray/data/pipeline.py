@@ -30,7 +30,7 @@ from clinray.data.dedup_minhash import MinHashConfig, MinHashStage
 from clinray.data.dedup_substring import SubstringConfig, SubstringStage
 from clinray.data.filters import LengthFilter, LengthFilterConfig, PIIFilter, PIIFilterConfig
 from clinray.data.normalize import Normalize, NormalizeConfig
-from clinray.data.readers import InputSpec, ReadersConfig, read_documents
+from clinray.data.readers import InputSpec, ReadersConfig, file_groups, read_documents
 from clinray.data.stage import (
     DETAIL,
     REASON,
@@ -143,12 +143,14 @@ class ExactDedupStage:
 
     cfg: ExactDedupConfig
     sink_root: str
+    input_bytes: int = 0
+    """The input files' size (sizes the shuffle; set by the pipeline once the inputs are listed)."""
     name: ClassVar[str] = "exact_dedup"
     names: ClassVar[tuple[str, ...]] = ("exact_dedup",)
     requires: ClassVar[tuple[str, ...]] = ("id", "text", "source")
 
     def apply(self, ds):
-        return exact_dedup(ds, self.cfg, sink_root=self.sink_root)
+        return exact_dedup(ds, self.cfg, sink_root=self.sink_root, input_bytes=self.input_bytes)
 
 
 Stage = RowStage | ExactDedupStage | GlobalStage
@@ -336,9 +338,20 @@ def _curate(cfg: CurateConfig, *, staging: Path | None = None) -> CurationResult
     docs_dir = storage.join(cfg.output.dir, "docs") if staging else out / "docs"
     # The row stages right after parsing (normalize, filters) run inside the parse tasks.
     num_leading = next((i for i, s in enumerate(stages) if not isinstance(s, RowStage)), len(stages))
+    groups = file_groups(cfg.inputs, cfg.readers, root=cfg.input_root)
+    input_bytes = sum(sum(g["size"]) for g in groups)
+    stages = [
+        dataclasses.replace(s, input_bytes=input_bytes) if isinstance(s, ExactDedupStage) else s
+        for s in stages
+    ]
     with shared_operator_resources():
         ds = read_documents(
-            cfg.inputs, cfg.readers, root=cfg.input_root, sink_root=sink_root, then=stages[:num_leading]
+            cfg.inputs,
+            cfg.readers,
+            root=cfg.input_root,
+            sink_root=sink_root,
+            then=stages[:num_leading],
+            groups=groups,
         )
         ds = _apply_stages(ds, stages[num_leading:])
         ds = ds.drop_columns([REASON, DETAIL])

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clinray.config import ConfigError, load
-from clinray.data.dedup_exact import DedupBlock, ExactDedupConfig, add_hash, content_hash, mark_duplicates
+from clinray.data.dedup_exact import (
+    DedupBlock,
+    ExactDedupConfig,
+    add_hash,
+    content_hash,
+    mark_duplicates,
+    num_partitions,
+)
 from clinray.data.filters import (
     LengthFilter,
     LengthFilterConfig,
@@ -168,6 +175,16 @@ def test_exact_dedup_keep_one_rule(tmp_path):
     out = DedupBlock(ExactDedupConfig(), sink_root=tmp_path)(table)
     assert sorted(out.column("id").to_pylist()) == ["a1", "y9"] and "_hash" not in out.column_names
     assert collect_stats(tmp_path)["exact_dedup"].dropped == {"exact_duplicate": 3}
+
+
+def test_exact_dedup_partitions_follow_the_input():
+    MB = 1 << 20
+    cfg = ExactDedupConfig()
+    assert num_partitions(cfg, 1 * MB) == 1  # (no Ray here: one CPU)
+    assert num_partitions(cfg, 222 * MB) == 14  # world scale 160: 16 MiB of input files each
+    assert num_partitions(ExactDedupConfig(num_partitions=2000), 1 * MB) == 2000  # the override wins
+    with pytest.raises(ValueError, match="num_partitions"):
+        ExactDedupConfig(num_partitions=-1)
 
 
 def test_identity_check_reports_violations(tmp_path):

@@ -345,14 +345,16 @@ def read_documents(
     root: str | os.PathLike,
     sink_root: str,
     then: list[RowStage] = (),
+    groups: list[dict] | None = None,
 ):
     """The ``parse`` stage: a lazy Ray Dataset of working-schema document rows from ``inputs``.
 
     ``then``: row stages to run on each parsed batch in the same task (see :class:`ParseFiles`).
+    ``groups``: the parser calls, if the caller already listed them (:func:`file_groups`).
     """
     import ray
 
-    groups = file_groups(inputs, cfg, root=root)
+    groups = groups if groups is not None else file_groups(inputs, cfg, root=root)
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
     kwargs = {"inputs": inputs, "cfg": cfg, "sink_root": str(sink_root), "then": list(then)}
     if cfg.compute == "actors":
