@@ -216,6 +216,7 @@ def run_one(world: Path, out: Path, num_cpus: int | None) -> dict:
         "passes": report.get("passes", []),
         "stage_busy_s": {k: round(v["busy_s"], 3) for k, v in report["stages"].items()},
         "stage_span_s": {k: v["wall_s"] for k, v in report["stages"].items()},
+        "stage_bytes": {k: [v["num_bytes_in"], v["num_bytes_out"]] for k, v in report["stages"].items()},
         "num_rejects": report["num_rejects"],
         **_quality(world, Path(accounting_dir(cfg))),
     }
@@ -276,6 +277,43 @@ def growth(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
+def work(runs: list[dict]) -> dict[str, dict]:
+    """The cross-shard rounds of each substring pass against the work they were given.
+
+    Their input is what the shards share, not the documents: per scale, the share of the pass's bytes
+    it removed, the context records per document, and seconds per million records; ``b_per_record``
+    is the exponent of seconds against records (1.0: linear in the records, whatever they are per
+    document), ``b_records`` that of records against documents (how the shared text grew).
+    """
+    ns = [r["num_docs_parsed"] for r in runs]
+    out = {}
+    for stage in sorted(
+        {p["stage"] for r in runs for p in r["passes"] if p["stage"].startswith("substring_")}
+    ):
+        rec = [
+            next((p for p in r["passes"] if p["stage"] == stage and p["pass"] == "contexts"), None)
+            for r in runs
+        ]
+        if any(p is None or not p.get("context_records") for p in rec) or rec[-1]["seconds"] < MIN_SECONDS:
+            continue  # (a round that short measures task start-up, not its work)
+        records = [p["context_records"] for p in rec]
+        secs = [p["seconds"] for p in rec]
+        removed = []
+        for r in runs:
+            b_in, b_out = r.get("stage_bytes", {}).get(stage, [0, 0])
+            removed.append(round(1 - b_out / b_in, 4) if b_in else None)
+        out[stage] = {
+            "removed_share": removed,
+            "records": records,
+            "records_per_doc": [round(k / n, 1) for k, n in zip(records, ns)],
+            "contexts_s": secs,
+            "us_per_record": [round(t / k * 1e6, 2) for t, k in zip(secs, records)],
+            "b_per_record": exponent(records, secs),
+            "b_records": exponent(ns, records),
+        }
+    return out
+
+
 def _fmt(v, spec: str = ".2f") -> str:
     if v is None:
         return "–"
@@ -327,6 +365,27 @@ def markdown(result: dict) -> str:
         bs = " | ".join(_fmt(b, ".2f") for b in g["b_consecutive"])
         overall = _fmt(g["b_overall"], ".2f") + ("" if g["counts"] else " (short)")
         lines.append(f"| {name} | {secs} | {bs} | {overall} |")
+    if result.get("work"):
+        per = " / ".join(f"s{s:g}" for s in scales)
+        lines += [
+            "",
+            "## The cross-shard rounds against their work (round 3 + 4: `contexts`)",
+            "",
+            "Their input is the text the shards share, which this world grows faster than its documents "
+            "(its templates repeat more in a bigger world). b per record: seconds ~ records^b; b of records: "
+            "records ~ documents^b.",
+            "",
+            f"| pass | share of bytes removed ({per}) | records per doc ({per}) | us per record ({per}) "
+            "| b per record | b of records |",
+            "|---|---|---|---|---|---|",
+        ]
+        for stage, w in result["work"].items():
+            lines.append(
+                f"| {stage} | {' / '.join(_fmt(x, '.3f') for x in w['removed_share'])} | "
+                f"{' / '.join(_fmt(x, '.1f') for x in w['records_per_doc'])} | "
+                f"{' / '.join(_fmt(x, '.2f') for x in w['us_per_record'])} | {_fmt(w['b_per_record'])} | "
+                f"{_fmt(w['b_records'])} |"
+            )
     lines += [
         "",
         "## *From the notes*: today's phases (wall seconds, `../shared/notes/scaling.md`, Main table)",
@@ -429,6 +488,7 @@ def main() -> None:
         "note": args.note or "Run on an idle machine (every figure is a wall time).",
         "runs": runs,
         "growth": growth(runs),
+        "work": work(runs),
         "world_generation_s": generated,
         "targets": TARGETS,
         "notes_baseline": {
