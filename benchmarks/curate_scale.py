@@ -421,8 +421,15 @@ def markdown(result: dict) -> str:
         + "; peak driver RSS / notes' = "
         + (", ".join(f"{k}: {v}" for k, v in summary["vs_notes_rss"].items()) or "–")
         + ".",
-        "",
     ]
+    for stage, w in result.get("work", {}).items():
+        lines.append(
+            f"- {stage} cross-shard rounds: seconds ~ records^{_fmt(w['b_per_record'])} (flat per record); "
+            f"records ~ documents^{_fmt(w['b_records'])}, as the share of bytes removed goes "
+            f"{' -> '.join(_fmt(x, '.3f') for x in w['removed_share'])}: the rounds follow the text the "
+            "shards share, which this world grows faster than its documents."
+        )
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -20,10 +20,12 @@ repeat inside one long "word" (a URL, unspaced CJK text) is not removed.
 
 Shards, and repeats across them. The corpus (in id order: corpus order) is cut into contiguous id ranges
 of about equal *text bytes* (:mod:`clinray.data.dedup_substring_shards`): ``ceil(text / shard_bytes)``
-shards, raised to the cluster's CPUs while each keeps ``min_shard_bytes`` (overridable: ``num_shards``).
+shards (8 MiB each by default: the suffix array's cost per byte grows with its input, 84 ns/B at 6 MB
+against 141 at 100 MB), raised to the cluster's CPUs while each keeps ``min_shard_bytes``, at most
+``MAX_SHARDS`` (past that the shards grow; overridable: ``num_shards``).
 A shard's suffix array finds every repeat whose earlier copy is in the same shard. A repeat whose earlier
 copy is in *another* shard is found by a fingerprint shuffle (:mod:`clinray.data.dedup_substring_cross`):
-winnowed hashes of ``w``-byte grams (``t = ceil(L / 2)``, ``w = L - t + 1``) give every ``L``-byte
+winnowed hashes of ``w``-byte grams (``t = ceil(L / 4)``, ``w = L - t + 1``) give every ``L``-byte
 string a fingerprint at the same offset in all its copies; hashes selected in two shards are
 *shared*; each shard sends the ``L + t - 1`` bytes around each shared fingerprint to the hash's
 reducer, which groups the ``L``-grams, verifies them byte for byte and returns, per shard, the
@@ -35,21 +37,23 @@ work, never a wrong or missed mark.
 
 Cost of a pass over ``S > 1`` shards: five rounds of Ray tasks (fingerprints, shared hashes, context
 records, resolve, suffix array + removal), plus one shard pass for the stage (an all-to-all move of the
-text, as the global sort it replaces). Shuffled: the distinct selected hashes, about ``16 / (t + 1)``
-bytes per text byte at most (measured 0.22-0.25 B/B at L = 100, 0.07 at 400 on the tiny world at scale 40),
-and the context records, ``L + t + 19`` bytes per shared fingerprint: at most ~6 B per byte of text
-whose fingerprints are shared (measured 2.9-3.1 B/B at L = 100 on that world at 4-14 shards, where
-templated sentences share 51-byte grams everywhere; 0.26-0.39 at L = 400). Memory per task, measured as
-peak RSS above the task's start (``PeakRSS``) and requested from Ray (``memory=``, at most the largest
-node): the suffix-array task ``MEMORY_BYTES_PER_INPUT_BYTE`` (32) per byte of its shard (measured 19-29:
-the rows as Python objects, the text twice, int32 suffix and LCP arrays, masks; 21.5 at 46 MB), the
-fingerprint and context tasks ``FINGERPRINT_BYTES_PER_INPUT_BYTE`` (16; measured 11-17 with *every*
-fingerprint shared, the worst case), a resolve task ``RESOLVE_BYTES_PER_RECORD_BYTE`` (16) per byte of
-records (measured 10-16). Limits: the context volume grows with the share of text in shared grams, so a
-corpus of boilerplate moves several times its repeated bytes; a fingerprint common in many distinct
-contexts makes one reducer hot (identical records are sent once per shard, which tames exact
-boilerplate); a single document larger than ``shard_bytes`` makes its shard larger; the pieces between
-rounds are ``shards x partitions`` Ray objects (see ``PIECE_BYTES``).
+text, as the global sort it replaces). Shuffled: the distinct selected hashes, at most ``16 / (t + 1)``
+bytes per text byte (measured 0.53-0.55 B/B at L = 100 on the tiny world at scales 10-160), and the
+context records, ``L + t + 19`` bytes per shared fingerprint: at most ``2 (L + t + 19) / (t + 1)`` B per
+byte of text whose fingerprints are shared (measured 10.6 B/B at L = 100 with every fingerprint
+shared; 0.74 to 2.45 B/B on the tiny world at scales 10 to 160, which shares more text as it grows).
+Memory per task, measured as peak RSS above the task's start (``PeakRSS``) and requested from Ray
+(``memory=``, at least 256 MiB, at most the largest node): the suffix-array task
+``MEMORY_BYTES_PER_INPUT_BYTE`` (32) per byte of its shard (measured 19-29: the rows as Python objects,
+the text twice, int32 suffix and LCP arrays, masks), the fingerprint and context tasks
+``FINGERPRINT_BYTES_PER_INPUT_BYTE`` (16; measured 11.8 for the context task with *every* fingerprint
+shared, 18 for the fingerprint task of an 8 MB shard, most of it the fixed ~100 MB of ``winnow``'s
+segments, under the floor), a resolve task ``RESOLVE_BYTES_PER_RECORD_BYTE`` (16) per byte of records
+(measured 5-16). Limits: the context volume follows the share of text in shared grams, so a corpus of
+boilerplate moves several times its repeated bytes; a fingerprint common in many distinct contexts
+makes one reducer hot (identical records are sent once per shard, which tames exact boilerplate); a
+single document larger than ``shard_bytes`` makes its shard larger; the pieces between rounds are
+``shards x partitions`` Ray objects (see ``PIECE_BYTES`` and ``REDUCER_BYTES``).
 """
 
 from __future__ import annotations
@@ -93,7 +97,8 @@ class SubstringConfig:
     """``keep_first``: the copy in the document whose id sorts first stays; ``remove_all``: every copy goes."""
     shard_bytes: int = 8 * 1024 * 1024
     """Most text bytes per shard (a shard's suffix-array task needs ``MEMORY_BYTES_PER_INPUT_BYTE``
-    times this; lowered automatically when that would not fit on the largest node)."""
+    times this; lowered automatically when that would not fit on the largest node). Past
+    ``MAX_SHARDS`` (2,048) shards of this size, the shards grow instead."""
     min_shard_bytes: int = SHARD_MIN_BYTES_DEFAULT
     """Fewest text bytes per shard when the shard count is raised to the cluster's CPUs (smaller
     shards cost more in per-task overhead than they save)."""
