@@ -94,12 +94,11 @@ class DedupBlock:
         return self.accountant.account(marked, key=batch_key(rows), start=start, num_bytes_in=num_bytes_in)
 
 
-def num_partitions(cfg: ExactDedupConfig, input_bytes: int) -> int:
+def num_partitions(cfg: ExactDedupConfig, input_bytes: int, *, cpus: int | None = None) -> int:
     """The shuffle's partitions: ``cfg.num_partitions``, or one per ``PARTITION_BYTES`` of
-    ``input_bytes`` (the input files), at least the cluster's CPUs."""
-    return count_for(
-        input_bytes, target_bytes=PARTITION_BYTES, cpus=cluster_cpus(), override=cfg.num_partitions
-    )
+    ``input_bytes`` (the input files), at least ``cpus`` (default: the cluster's CPUs)."""
+    cpus = cpus or cluster_cpus()
+    return count_for(input_bytes, target_bytes=PARTITION_BYTES, cpus=cpus, override=cfg.num_partitions)
 
 
 def exact_dedup(ds, cfg: ExactDedupConfig, *, sink_root: str, input_bytes: int = 0):

@@ -180,9 +180,10 @@ def test_exact_dedup_keep_one_rule(tmp_path):
 def test_exact_dedup_partitions_follow_the_input():
     MB = 1 << 20
     cfg = ExactDedupConfig()
-    assert num_partitions(cfg, 1 * MB) == 1  # (no Ray here: one CPU)
-    assert num_partitions(cfg, 222 * MB) == 14  # world scale 160: 16 MiB of input files each
-    assert num_partitions(ExactDedupConfig(num_partitions=2000), 1 * MB) == 2000  # the override wins
+    assert num_partitions(cfg, 1 * MB, cpus=1) == 1
+    assert num_partitions(cfg, 1 * MB, cpus=8) == 8  # every core gets a partition
+    assert num_partitions(cfg, 222 * MB, cpus=2) == 14  # world scale 160: 16 MiB of input files each
+    assert num_partitions(ExactDedupConfig(num_partitions=2000), 1 * MB, cpus=2) == 2000  # the override wins
     with pytest.raises(ValueError, match="num_partitions"):
         ExactDedupConfig(num_partitions=-1)
 
