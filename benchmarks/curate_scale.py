@@ -37,12 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -108,30 +106,6 @@ NOTES_EXPONENTS = {
 # --- one scale, in its own process ------------------------------------------------------------------
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _PeakRSS(threading.Thread):
-    """Samples this process's resident memory every ``every`` seconds until :meth:`stop`."""
-
-    def __init__(self, every: float = 0.02):
-        super().__init__(daemon=True)
-        self.every, self.peak, self._stop_event = every, _rss_bytes(), threading.Event()
-
-    def run(self):
-        while not self._stop_event.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(self.every)
-
-    def stop(self) -> int:
-        self._stop_event.set()
-        self.join()
-        self.peak = max(self.peak, _rss_bytes())
-        return self.peak
-
-
 def _quality(world: Path, sink_root: Path) -> dict:
     """Planted near-duplicates, exact duplicates and contaminated documents against what was removed."""
     from clinray.data.accounting import iter_rejects
@@ -175,6 +149,7 @@ def _quality(world: Path, sink_root: Path) -> dict:
 def run_one(world: Path, out: Path, num_cpus: int | None) -> dict:
     """Curate one world as ``clinray curate`` does; the figures of that run (this process only)."""
     from clinray.data.pipeline import accounting_dir, run_curation
+    from clinray.data.tasks import PeakRSS
     from clinray.jobs import get_job, load_job_config, quiet_ray_console
     from clinray.ray_session import ray_session
 
@@ -189,13 +164,11 @@ def run_one(world: Path, out: Path, num_cpus: int | None) -> dict:
     with ray_session(num_cpus=num_cpus):
         quiet_ray_console()
         ray_start_s = time.perf_counter() - started
-        rss_start = _rss_bytes()
-        sampler = _PeakRSS()
-        sampler.start()
-        start = time.perf_counter()
-        result = run_curation(cfg)
-        run_s = time.perf_counter() - start
-        peak = sampler.stop()
+        with PeakRSS(interval=0.02) as rss:
+            start = time.perf_counter()
+            result = run_curation(cfg)
+            run_s = time.perf_counter() - start
+        rss_start, peak = rss.start, rss.max
     report = json.loads(result.report_json.read_text())
     parse = result.stages["parse"]
     corpus_bytes = sum(p.stat().st_size for p in (world / "corpus").rglob("*") if p.is_file())

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from clinray.data.tasks import chunks, remote_task, transpose  # noqa: F401  (chunks re-exported)
+
 #: Digits of the source rank and of the inverted length in a node key (see :func:`node_keys`).
 RANK_DIGITS, CHARS_DIGITS = 4, 12
 MAX_CHARS = 10**CHARS_DIGITS - 1
@@ -107,9 +109,6 @@ def _call(fn, kwargs, *pieces):
     return (*outs, stats)
 
 
-_REMOTE: dict = {}
-
-
 def run_wave(
     fn: Callable[..., tuple[list, dict]],
     task_inputs: Sequence[Sequence[Any]],
@@ -132,24 +131,10 @@ def run_wave(
         return [list(r[0]) for r in results], [r[1] for r in results]
     import ray
 
-    if "task" not in _REMOTE:
-        _REMOTE["task"] = ray.remote(_call)
-    task = _REMOTE["task"].options(num_returns=num_out + 1)
+    task = remote_task(_call, num_returns=num_out + 1)
     refs = [task.remote(fn, {**kwargs, **kw}, *p) for p, kw in zip(task_inputs, task_kwargs)]
     stats = ray.get([r[-1] for r in refs])
     return [list(r[:-1]) for r in refs], stats
-
-
-def transpose(outs: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Outputs per sending task -> inputs per receiving task (receiver ``j`` gets every sender's ``j``)."""
-    return [[o[j] for o in outs] for j in range(width)]
-
-
-def chunks(items: Sequence[Any], num_groups: int) -> list[list[Any]]:
-    """``items`` in ``num_groups`` contiguous groups of nearly equal size."""
-    num_groups = max(1, min(num_groups, len(items)))
-    bounds = np.linspace(0, len(items), num_groups + 1).astype(int)
-    return [list(items[s:e]) for s, e in zip(bounds[:-1], bounds[1:])]
 
 
 # --- star edges per bucket ---------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import pyarrow.compute as pc
 from clinray.data import dedup_substring_cross as cross
 from clinray.data.sizing import cluster_cpus, count_for, memory_request, senders_for
 from clinray.data.stage import Accountant, batch_key, rows_to_table, table_rows, text_bytes
+from clinray.data.tasks import PeakRSS, chunks, remote_task, transpose
 from clinray.data.timings import timed_pass
 
 logger = logging.getLogger(__name__)
@@ -62,36 +62,6 @@ MAX_SHARDS = 2048
 
 
 # --- memory ---------------------------------------------------------------------------------------------
-
-
-class PeakRSS:
-    """The peak resident memory of this process above its level at entry, sampled every ``interval`` s.
-
-    A thread reads the RSS while the body runs; the shard tasks report it with their Ray memory request,
-    so a run shows how close the request is to what the task used.
-    """
-
-    def __init__(self, interval: float = 0.005):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def __enter__(self) -> PeakRSS:
-        import psutil
-
-        self._proc = psutil.Process()
-        self.start = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss - self.start)
-            self._stop.wait(self.interval)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss - self.start)
 
 
 def node_memory() -> int:
@@ -219,18 +189,6 @@ class Shards:
         return len(self.refs)
 
 
-_REMOTES: dict = {}
-
-
-def _remote(fn, **options):
-    """``fn`` as a Ray task with ``options`` (one remote function per ``fn``, exported once)."""
-    import ray
-
-    if fn not in _REMOTES:
-        _REMOTES[fn] = ray.remote(fn)
-    return _REMOTES[fn].options(**options) if options else _REMOTES[fn]
-
-
 def shard_count(total_bytes: int, cfg, *, cpus: int, node_memory: int = 0) -> int:
     """How many shards for ``total_bytes`` of text: ``cfg.num_shards`` if set, else
     ``ceil(total / shard_bytes)`` raised to the cluster's CPUs while each shard keeps at least
@@ -259,7 +217,7 @@ def make_shards(block_refs: list, *, size_bytes: int, cfg, sink_root: str, stage
 
     with timed_pass(sink_root, stage, "shard") as rec:
         step = max(1, size_bytes // SAMPLE_SIZE)
-        sampled = ray.get([_remote(sample_block).remote(b, step, i) for i, b in enumerate(block_refs)])
+        sampled = ray.get([remote_task(sample_block).remote(b, step, i) for i, b in enumerate(block_refs)])
         total = sum(n for n, _ in sampled)
         sample = [i for _, ids in sampled for i in ids]
         del sampled
@@ -275,17 +233,16 @@ def make_shards(block_refs: list, *, size_bytes: int, cfg, sink_root: str, stage
             # blocks grouped so that a group's piece for one shard keeps MIN_SHUFFLE_PIECE on average:
             # senders x shards pieces, none of them small enough to be kept in the driver's heap
             senders = senders_for(total, receivers=num, maximum=len(block_refs))
-            groups = np.array_split(np.arange(len(block_refs)), senders)
-            split = _remote(
+            split = remote_task(
                 split_blocks,
                 num_returns=num,
                 memory=task_memory(int(1.25 * total / senders), BUILD_BYTES_PER_INPUT_BYTE, limit=limit),
             )
-            pieces = [split.remote(bounds, *[block_refs[i] for i in g]) for g in groups]
-            per_shard = [[p[s] for p in pieces] for s in range(num)]
+            pieces = [split.remote(bounds, *group) for group in chunks(block_refs, senders)]
+            per_shard = transpose(pieces, num)
         # the builder holds its shard about three times (pieces, concatenation, sorted copy)
         share = int(1.25 * total / num)
-        build = _remote(
+        build = remote_task(
             build_shard, num_returns=2, memory=task_memory(share, BUILD_BYTES_PER_INPUT_BYTE, limit=limit)
         )
         built = [build.remote(*refs) for refs in per_shard]
@@ -426,7 +383,7 @@ def _cross_marks(stage, shards: Shards, step: int, limit: int) -> list[list]:
     hash_parts = partition_count(sum(shards.text_bytes) * 16 // (t + 1), num)
     with timed_pass(stage.sink_root, name, "fingerprints", shards=num, partitions=hash_parts) as rec:
         fmap = [
-            _remote(
+            remote_task(
                 fingerprint_task,
                 num_returns=hash_parts + 2,
                 memory=task_memory(b, FINGERPRINT_BYTES_PER_INPUT_BYTE, limit=limit),
@@ -437,7 +394,7 @@ def _cross_marks(stage, shards: Shards, step: int, limit: int) -> list[list]:
         part_bytes = [sum(i["part_bytes"][p] for i in infos) for p in range(hash_parts)]
         # the reducer concatenates, sorts and intersects 8-byte hashes: a few copies of its input
         shared = [
-            _remote(
+            remote_task(
                 shared_task, num_returns=num + 1, memory=task_memory(part_bytes[p], 6, limit=limit)
             ).remote(*[f[2 + p] for f in fmap])
             for p in range(hash_parts)
@@ -449,7 +406,7 @@ def _cross_marks(stage, shards: Shards, step: int, limit: int) -> list[list]:
     record_parts = partition_count(num_shared * (min_len + t + 19), num)
     with timed_pass(stage.sink_root, name, "contexts", shards=num, partitions=record_parts) as rec:
         cmap = [
-            _remote(
+            remote_task(
                 context_task,
                 num_returns=record_parts + 1,
                 memory=task_memory(b, FINGERPRINT_BYTES_PER_INPUT_BYTE, limit=limit),
@@ -462,7 +419,7 @@ def _cross_marks(stage, shards: Shards, step: int, limit: int) -> list[list]:
         cinfos = ray.get([c[0] for c in cmap])
         part_bytes = [sum(i["part_bytes"][p] for i in cinfos) for p in range(record_parts)]
         resolved = [
-            _remote(
+            remote_task(
                 resolve_task,
                 num_returns=num + 1,
                 memory=task_memory(part_bytes[p], RESOLVE_BYTES_PER_RECORD_BYTE, limit=limit),
@@ -488,7 +445,7 @@ def run_pass(stage, shards: Shards, step: int) -> Shards:
     marks = _cross_marks(stage, shards, step, limit) if num > 1 else [[] for _ in range(num)]
     with timed_pass(stage.sink_root, stage.names[step], "suffix_array", shards=num) as rec:
         done = [
-            _remote(mark_task, num_returns=2, memory=suffix_array_memory(b, limit=limit)).remote(
+            remote_task(mark_task, num_returns=2, memory=suffix_array_memory(b, limit=limit)).remote(
                 stage, ref, step, *marks[s]
             )
             for s, (ref, b) in enumerate(zip(shards.refs, shards.text_bytes))

@@ -7,7 +7,6 @@ near-duplicates of the other half; the driver's RSS is sampled while the stage r
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pandas as pd
@@ -21,31 +20,10 @@ NUM_WORDS, VOCAB = 60, 20_000
 BANDS, ROWS = 8, 4
 
 
-class _PeakRSS:
-    """The driver's peak resident set size while the ``with`` body runs (sampled every 5 ms)."""
-
-    def __enter__(self):
-        import psutil
-
-        self._proc, self._stop = psutil.Process(), threading.Event()
-        self.peak = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-
 def _run(ray, tmp_path, num_pairs: int) -> tuple[int, dict, object]:
     from clinray.data.dedup_minhash import MinHashConfig, MinHashStage
     from clinray.data.stage import collect_stats, shared_operator_resources
+    from clinray.data.tasks import PeakRSS
 
     def planted_pairs(batch: pd.DataFrame) -> pd.DataFrame:
         """Pair ``i`` -> an original of 60 random words and its copy with the last word replaced
@@ -60,11 +38,11 @@ def _run(ray, tmp_path, num_pairs: int) -> tuple[int, dict, object]:
 
     sink = tmp_path / f"pairs_{num_pairs}"
     ds = ray.data.range(num_pairs, override_num_blocks=8).map_batches(planted_pairs, batch_format="pandas")
-    with shared_operator_resources(), _PeakRSS() as rss:
+    with shared_operator_resources(), PeakRSS() as rss:
         out = MinHashStage(MinHashConfig(num_perm=32, bands=BANDS, rows=ROWS), sink_root=str(sink)).apply(ds)
         assert out.count() == num_pairs
     summary = json.loads((sink / "details/minhash_summary.json").read_text())
-    return rss.peak, summary, collect_stats(sink)["minhash"]
+    return rss.max, summary, collect_stats(sink)["minhash"]
 
 
 def test_driver_memory_does_not_grow_with_the_near_duplicates(ray_local, tmp_path):

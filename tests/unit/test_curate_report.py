@@ -11,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import os
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from clinray.data.accounting import StageStats, collect_stats
 from clinray.data.pipeline import NO_QUESTIONS_ROOT, CurateConfig, build_stages, stage_names
 from clinray.data.report import write_report
 from clinray.data.schema import REJECT_SCHEMA
+from clinray.data.tasks import PeakRSS
 from clinray.data.timings import record_pass
 
 NUM_REJECTS = 1_000_000
@@ -125,36 +123,6 @@ def _write_sink(root: Path) -> dict:
     return {"counts": counts, "first": first}
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """The process's peak resident memory while the ``with`` body runs, sampled every 2 ms."""
-
-    def __enter__(self):
-        self.start = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.start) / 1e6
-
-
 @pytest.fixture(scope="module")
 def million(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("accounting")
@@ -172,11 +140,12 @@ def test_a_report_over_a_million_rejects_streams_with_bounded_memory(million, tm
     pyplot()  # matplotlib's import (tens of MB, once per process) is not the report's memory
     gc.collect()
     pa.default_memory_pool().release_unused()
-    with PeakRSS() as rss:
+    with PeakRSS(interval=0.002) as rss:
         paths = write_report(stats, out_dir=tmp_path, wall_s=10.0, sink_root=str(root))
-    print(f"report over {NUM_REJECTS:,} rejects: driver RSS grew {rss.growth_mb:.0f} MB")
+    growth_mb = rss.peak / 1e6
+    print(f"report over {NUM_REJECTS:,} rejects: driver RSS grew {growth_mb:.0f} MB")
     # the old report (every reject read into the driver, five columns as Python dicts) grew by ~1 GB here
-    assert rss.growth_mb < 200, f"RSS grew {rss.growth_mb:.0f} MB while writing the report"
+    assert growth_mb < 200, f"RSS grew {growth_mb:.0f} MB while writing the report"
 
     report = json.loads(paths["json"].read_text())
     assert report["num_rejects"] == NUM_REJECTS
