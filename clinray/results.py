@@ -17,7 +17,9 @@ import glob
 import json
 from pathlib import Path
 
-__all__ = ["StageResult", "missing_dir", "missing_file", "missing_model", "missing_glob", "is_remote"]
+from clinray import storage
+
+__all__ = ["StageResult", "missing_dir", "missing_file", "missing_model", "missing_glob"]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -45,11 +47,6 @@ class StageResult:
         return "\n".join(lines)
 
 
-def is_remote(path: str) -> bool:
-    """True for URIs such as ``s3://`` (checked through :mod:`clinray.storage`, not the local disk)."""
-    return "://" in str(path)
-
-
 def _remote_problem(path: str, what: str, check) -> list[str]:
     """Run a storage check of a URI; an unreachable store (no credentials, no such bucket) is a message."""
     try:
@@ -61,9 +58,7 @@ def _remote_problem(path: str, what: str, check) -> list[str]:
 
 def missing_dir(path: str | Path, what: str) -> list[str]:
     """``[message]`` when ``path`` is not an existing folder (for a URI: a prefix holding files)."""
-    if is_remote(str(path)):
-        from clinray import storage
-
+    if storage.is_uri(str(path)):
         return _remote_problem(
             str(path),
             what,
@@ -76,9 +71,7 @@ def missing_dir(path: str | Path, what: str) -> list[str]:
 
 def missing_file(path: str | Path, what: str) -> list[str]:
     """``[message]`` when ``path`` is not an existing file."""
-    if is_remote(str(path)):
-        from clinray import storage
-
+    if storage.is_uri(str(path)):
         return _remote_problem(
             str(path), what, lambda: [] if storage.isfile(path) else [f"{what} {str(path)!r} does not exist"]
         )
@@ -108,9 +101,7 @@ def missing_model(path: str, what: str) -> list[str]:
 
 def missing_glob(root: str | Path, pattern: str, what: str) -> list[str]:
     """``[message]`` when ``root/pattern`` matches no file."""
-    if is_remote(str(root)):
-        from clinray import storage
-
+    if storage.is_uri(str(root)):
         return _remote_problem(
             str(root), what, lambda: [] if storage.find(root, pattern) else [f"{what} matches no file"]
         )

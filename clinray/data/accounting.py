@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clinray import storage
 from clinray.data.schema import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, REJECT_SCHEMA
 
 #: Marker columns of the working schema: a non-null ``_reason`` means "drop this row".
@@ -143,7 +144,7 @@ class AccountingSink:
         return Path(self.root) / "stats"
 
     def write(self, stats: StageStats, rejects: list[dict], *, key: str) -> None:
-        if "://" in self.root:
+        if storage.is_uri(self.root):
             self._write_uri(stats, rejects, key=key)
             return
         stats_dir = self.stats_dir / stats.stage
@@ -160,8 +161,6 @@ class AccountingSink:
         os.replace(str(target) + tmp_suffix, target)
 
     def _write_uri(self, stats: StageStats, rejects: list[dict], *, key: str) -> None:
-        from clinray import storage
-
         if rejects:
             fs, path = storage.filesystem(storage.join(self.root, "rejects", f"{stats.stage}__{key}.parquet"))
             pq.write_table(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), path, filesystem=fs)

@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clinray import storage
 from clinray.data.decontam_config import BENCHMARKS, DecontamConfig  # noqa: F401  (re-exported)
 from clinray.data.stage import DETAIL, REASON, GlobalStage, resolve
 from clinray.data.text import word_tokens
@@ -237,8 +238,6 @@ class DecontaminateStage(GlobalStage):
             k: getattr(self.cfg, k)
             for k in ("common_ngram_min_questions", "min_distinct_ngrams", "min_share")
         }
-        from clinray import storage
-
         summary = {"rule": rule, **index.summary()}
         path = storage.join(self.sink_root, "details", "decontaminate_summary.json")
         storage.write_text(path, json.dumps(summary, indent=2) + "\n")  # a local path or a URI

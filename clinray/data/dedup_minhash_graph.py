@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from clinray import storage
 from clinray.data.tasks import chunks, remote_task, transpose  # noqa: F401  (chunks re-exported)
 
 #: Digits of the source rank and of the inverted length in a node key (see :func:`node_keys`).
@@ -300,8 +301,6 @@ def star_members(
     clusters = clusters.sort_values(["cluster_id", "doc_id", "loc"], kind="stable").reset_index(drop=True)
     if out_path is not None:
         import pyarrow.parquet as pq
-
-        from clinray import storage
 
         table = pa.Table.from_pandas(clusters[CLUSTER_COLUMNS], schema=CLUSTER_SCHEMA, preserve_index=False)
         fs, fs_path = storage.filesystem(out_path)  # a local path or a URI (s3://)

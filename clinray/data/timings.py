@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from clinray import storage
+
 TIMINGS_DIR = "timings"
 
 
@@ -34,9 +36,7 @@ def record_pass(
     A URI ``sink_root`` (``s3://``) is written through :mod:`clinray.storage` (one object per pass)."""
     record = {"stage": stage, "pass": pass_name, "seconds": round(float(seconds), 4), "end": time.time()}
     record.update(extra)
-    if "://" in str(sink_root):
-        from clinray import storage
-
+    if storage.is_uri(sink_root):
         storage.write_text(
             storage.join(str(sink_root), TIMINGS_DIR, _path("", stage, pass_name).name),
             json.dumps(record) + "\n",

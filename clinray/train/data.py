@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clinray import storage
+
 IGNORE_INDEX = -100
 __all__ = ["DataPosition", "build_dataset", "iter_micro_batches", "blocks_from_corpus"]
 
@@ -42,8 +44,6 @@ def build_dataset(path: str | Path, *, materialize_below_mb: float = 0.0):
     """
     import pyarrow.parquet as pq
     import ray.data
-
-    from clinray import storage
 
     if storage.is_uri(path):
         found = storage.find(str(path), "**/*.parquet")

@@ -31,6 +31,8 @@ import time
 import warnings
 from pathlib import Path
 
+from clinray import storage
+
 __all__ = [
     "DEVICE_PEAKS",
     "DevicePeak",
@@ -179,8 +181,6 @@ class MetricsWriter:
     """
 
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, sync_every_s: float = 30.0) -> None:
-        from clinray import storage
-
         self.remote = str(run_dir) if storage.is_uri(run_dir) else None
         self._tmp = None
         if self.remote:
@@ -218,8 +218,6 @@ class MetricsWriter:
         """Upload the metrics and TensorBoard files to a URI run folder (a no-op for a local one)."""
         if not self.remote:
             return
-        from clinray import storage
-
         if self._tb is not None:
             self._tb.flush()
         storage.upload_dir(self.run_dir, self.remote, last=("metrics.jsonl",))
@@ -237,8 +235,6 @@ class MetricsWriter:
 def read_metrics(path: str | Path) -> list[dict]:
     """Rows of a ``metrics.jsonl`` (a local path or a URI); after a resume, later rows replace rows of
     the same step."""
-    from clinray import storage
-
     by_step: dict[int, dict] = {}
     for line in storage.read_text(path).splitlines():
         if line.strip():

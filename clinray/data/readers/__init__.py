@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from clinray import storage
 from clinray.data.readers._io import ReaderError, file_stem, reject_row
 from clinray.data.readers.html import read_html
 from clinray.data.readers.jats import read_jats
@@ -197,9 +198,7 @@ def expand_inputs(inputs: list[InputSpec], *, root: str | os.PathLike) -> list[d
     scheme, and the readers open them through it.
     """
     seen, files = set(), []
-    if "://" in str(root):
-        from clinray import storage
-
+    if storage.is_uri(root):
         for index, spec in enumerate(inputs):
             for path, size in storage.find(str(root), spec.glob):
                 if path not in seen:
@@ -303,7 +302,7 @@ def interleave(files: list[dict], *, root: str | os.PathLike = "/") -> list[dict
     """
 
     def key(f: dict) -> bytes:
-        if "://" in str(root):  # the same relative names as a local copy of the corpus: the same batches
+        if storage.is_uri(root):  # the same relative names as a local copy of the corpus: the same batches
             rel = f["path"][len(str(root).rstrip("/")) :].lstrip("/")
         else:
             rel = os.path.relpath(f["path"], root)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from clinray import storage
 from clinray.data.stage import DETAIL, REASON
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -75,8 +76,6 @@ def file_stem(path: str) -> str:
 
 
 def is_gzip(path: str) -> bool:
-    from clinray import storage
-
     with storage.open_input(path) as f:
         return f.read(2) == GZIP_MAGIC
 
@@ -84,9 +83,7 @@ def is_gzip(path: str) -> bool:
 def open_stream(path: str) -> BinaryIO:
     """The file's bytes, decompressed transparently when it starts with the gzip or zstd magic
     (SlimPajama ships as ``.jsonl.zst``). A URI (``s3://``) is one buffered streaming read."""
-    if "://" in path:
-        from clinray import storage
-
+    if storage.is_uri(path):
         raw = storage.open_input(path)
         head = raw.peek(4)[:4]  # a stream: look ahead instead of seeking back
     else:
@@ -138,12 +135,10 @@ class _ZstdStream(io.RawIOBase):
 @contextlib.contextmanager
 def open_tar(path: str) -> Iterator[tarfile.TarFile]:
     """A tar archive opened for streaming (``r|*``: compression detected, no seek), local or a URI."""
-    if "://" not in path:
+    if not storage.is_uri(path):
         with tarfile.open(path, mode="r|*") as tar:
             yield tar
         return
-    from clinray import storage
-
     with storage.open_input(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         yield tar
 

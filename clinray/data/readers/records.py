@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from clinray import storage
 from clinray.data.readers._io import (
     STREAM_ERRORS,
     ReaderError,
@@ -106,7 +107,7 @@ def read_parquet(path: str, *, spec, cfg) -> Iterator[dict]:
 
     index = 0
     try:
-        pf = pq.ParquetFile(open_random_access(path) if "://" in path else path)
+        pf = pq.ParquetFile(open_random_access(path) if storage.is_uri(path) else path)
         names = pf.schema_arrow.names
         missing = [f for f in (spec.text_field, spec.id_field) if f not in names]
         if missing:
