@@ -163,9 +163,7 @@ def split_block(table: pa.Table, boundaries: list[str]) -> list[pa.Table]:
 def split_blocks(boundaries: list[str], *tables: pa.Table) -> list[pa.Table]:
     """:func:`split_block` over a group of blocks: one piece per shard for the whole group, so the
     pieces stay large when there are many shards (see :func:`make_shards`)."""
-    tables = [t for t in tables if t.num_rows] or list(tables[:1])
-    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-    return split_block(table, boundaries)
+    return split_block(pa.concat_tables(tables, promote_options="default"), boundaries)
 
 
 def build_shard(*pieces: pa.Table) -> tuple[pa.Table, dict]:
